@@ -1,0 +1,4 @@
+"""Flax NNX decoders (GPT-2 and Llama families) that load Hugging Face checkpoint folders."""
+from wst_jax.models.config import DecoderConfig
+from wst_jax.models.decoder import Decoder, LayerCache, init_cache, positions_from_mask
+from wst_jax.models.heads import ScalarHeadLM

@@ -1,0 +1,202 @@
+"""Our own Flax NNX decoder-only LM for the GPT-2 and Llama families.
+
+Every parameter is an `nnx.Param` with `axes` metadata (logical axis names: "vocab", "embed",
+"heads", "kv_heads", "head_dim", "mlp", "layers"...), so `wst_jax.sharding` can place it on a mesh.
+Parameters are stored as [in, out] kernels; `wst_jax.checkpoints` maps HF names and layouts.
+
+The KV cache is an explicit pytree passed in and out (never module state), so decoding stays a
+pure function that runs inside `jax.jit` / `lax.while_loop` and inside the RL step.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from wst_jax.models.config import DecoderConfig
+
+_NEG = -1e30  # finite mask value: fully masked (padding) rows give garbage, never NaN
+
+
+class LayerCache(NamedTuple):
+  """Keys and values of one layer: [B, S, Hkv, Dh] each, S = cache length."""
+  k: jax.Array
+  v: jax.Array
+
+
+def init_cache(cfg: DecoderConfig, batch: int, length: int) -> list[LayerCache]:
+  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  zeros = lambda: jnp.zeros(shape, cfg.compute_dtype)
+  return [LayerCache(zeros(), zeros()) for _ in range(cfg.num_layers)]
+
+
+def _param(rngs, shape, axes, dtype, std=0.02, zeros=False):
+  value = jnp.zeros(shape, dtype) if zeros else std * jax.random.normal(rngs.params(), shape, dtype)
+  return nnx.Param(value, axes=axes)
+
+
+class Dense(nnx.Module):
+  """y = x @ kernel (+ bias); kernel [in..., out...] flattened as [in, out]."""
+
+  def __init__(self, d_in, d_out, axes, cfg: DecoderConfig, rngs, bias=False):
+    self.kernel = _param(rngs, (d_in, d_out), axes, cfg.weight_dtype)
+    self.bias = _param(rngs, (d_out,), axes[1:], cfg.weight_dtype, zeros=True) if bias else None
+    self.dtype = cfg.compute_dtype
+
+  def __call__(self, x):
+    y = x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
+    return y if self.bias is None else y + self.bias[...].astype(self.dtype)
+
+
+class Norm(nnx.Module):
+  """LayerNorm (gpt2) or RMSNorm (llama); statistics in f32."""
+
+  def __init__(self, cfg: DecoderConfig, rngs):
+    self.rms = cfg.family == "llama"
+    self.eps = cfg.norm_eps
+    self.scale = nnx.Param(jnp.ones((cfg.hidden_size,), cfg.weight_dtype), axes=("embed",))
+    self.bias = None if self.rms else _param(rngs, (cfg.hidden_size,), ("embed",),
+                                             cfg.weight_dtype, zeros=True)
+
+  def __call__(self, x):
+    dtype, x = x.dtype, x.astype(jnp.float32)
+    if self.rms:
+      x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + self.eps)
+      return (x * self.scale[...].astype(jnp.float32)).astype(dtype)
+    x = x - jnp.mean(x, -1, keepdims=True)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + self.eps)
+    return (x * self.scale[...] + self.bias[...]).astype(dtype)
+
+
+def rope_frequencies(cfg: DecoderConfig) -> jax.Array:
+  """Inverse frequencies [Dh/2] with the config's theta and scaling (default/linear/llama3)."""
+  inv = 1.0 / cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim)
+  scaling = dict(cfg.rope_scaling or {})
+  kind = scaling.get("rope_type", scaling.get("type", "default"))
+  if kind == "linear":
+    inv = inv / scaling["factor"]
+  elif kind == "llama3":
+    factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    smooth = (old / wavelen - lo) / (hi - lo)
+    mid = (1 - smooth) * inv / factor + smooth * inv
+    inv = jnp.where(wavelen > old / lo, inv / factor, jnp.where(wavelen < old / hi, inv, mid))
+  return inv
+
+
+def apply_rope(x, positions, inv_freq):
+  """x [B, T, H, Dh] rotated by positions [B, T] (HF's rotate-half convention)."""
+  angles = positions[..., None].astype(jnp.float32) * inv_freq          # [B, T, Dh/2]
+  cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: DecoderConfig, rngs):
+    d, h, kv, dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    self.cfg = cfg
+    self.q = Dense(d, h * dh, ("embed", "heads"), cfg, rngs, bias=cfg.qkv_bias)
+    self.k = Dense(d, kv * dh, ("embed", "kv_heads"), cfg, rngs, bias=cfg.qkv_bias)
+    self.v = Dense(d, kv * dh, ("embed", "kv_heads"), cfg, rngs, bias=cfg.qkv_bias)
+    self.o = Dense(h * dh, d, ("heads", "embed"), cfg, rngs, bias=cfg.out_bias)
+
+  def __call__(self, x, positions, kv_mask, cache: LayerCache, cache_index):
+    """x [B,T,D]; kv_mask bool[B,S] marks real tokens in the cache (incl. these T);
+    tokens are written at cache slots [cache_index, cache_index+T)."""
+    cfg = self.cfg
+    b, t, _ = x.shape
+    q = self.q(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = self.k(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v = self.v(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    if cfg.family == "llama":
+      inv = rope_frequencies(cfg)
+      q, k = apply_rope(q, positions, inv), apply_rope(k, positions, inv)
+    k_all = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, 1)
+    v_all = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, 1)
+    s = k_all.shape[1]
+    # Grouped-query attention: G query heads share each kv head.
+    g = cfg.num_heads // cfg.num_kv_heads
+    qg = q.reshape(b, t, cfg.num_kv_heads, g, cfg.head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k_all).astype(jnp.float32)
+    scores = scores / math.sqrt(cfg.head_dim)
+    q_slot = cache_index + jnp.arange(t)
+    visible = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & kv_mask[:, None, :]  # [B,T,S]
+    scores = jnp.where(visible[:, None, None], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_all.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_all).reshape(b, t, -1)
+    return self.o(out), LayerCache(k_all, v_all)
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: DecoderConfig, rngs):
+    d, f, bias = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+    self.swiglu = cfg.family == "llama"
+    self.act = {"silu": jax.nn.silu, "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+                "gelu": lambda x: jax.nn.gelu(x, approximate=False)}[cfg.activation]
+    self.up = Dense(d, f, ("embed", "mlp"), cfg, rngs, bias=bias)
+    self.gate = Dense(d, f, ("embed", "mlp"), cfg, rngs, bias=bias) if self.swiglu else None
+    self.down = Dense(f, d, ("mlp", "embed"), cfg, rngs, bias=bias)
+
+  def __call__(self, x):
+    h = self.act(self.gate(x)) * self.up(x) if self.swiglu else self.act(self.up(x))
+    return self.down(h)
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: DecoderConfig, rngs):
+    self.attn_norm = Norm(cfg, rngs)
+    self.attn = Attention(cfg, rngs)
+    self.mlp_norm = Norm(cfg, rngs)
+    self.mlp = MLP(cfg, rngs)
+
+  def __call__(self, x, positions, kv_mask, cache, cache_index):
+    h, cache = self.attn(self.attn_norm(x), positions, kv_mask, cache, cache_index)
+    x = x + h
+    return x + self.mlp(self.mlp_norm(x)), cache
+
+
+class Decoder(nnx.Module):
+  """Decoder-only LM. `__call__` returns logits f32[B,T,V], final hidden [B,T,D], new cache."""
+
+  def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d = cfg.hidden_size
+    self.embed = _param(rngs, (cfg.vocab_size, d), ("vocab", "embed"), cfg.weight_dtype)
+    self.pos_embed = (_param(rngs, (cfg.max_position_embeddings, d), (None, "embed"),
+                             cfg.weight_dtype, std=0.01) if cfg.family == "gpt2" else None)
+    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = Norm(cfg, rngs)
+    self.lm_head = (None if cfg.tie_word_embeddings else
+                    _param(rngs, (d, cfg.vocab_size), ("embed", "vocab"), cfg.weight_dtype))
+
+  def __call__(self, tokens, positions, kv_mask, cache=None, cache_index=0):
+    """tokens, positions int32[B,T]; kv_mask bool[B,S] (S = T without a cache).
+
+    Without a cache this is a plain causal forward pass over T tokens (training, scoring)."""
+    cfg = self.cfg
+    if cache is None:
+      cache = init_cache(cfg, tokens.shape[0], tokens.shape[1])
+    x = self.embed[...][tokens].astype(cfg.compute_dtype)
+    if self.pos_embed is not None:
+      x = x + self.pos_embed[...][positions].astype(cfg.compute_dtype)
+    new_cache = []
+    for layer, layer_cache in zip(self.layers, cache):
+      x, layer_cache = layer(x, positions, kv_mask, layer_cache, cache_index)
+      new_cache.append(layer_cache)
+    hidden = self.final_norm(x)
+    head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
+    logits = (hidden @ head.astype(cfg.compute_dtype)).astype(jnp.float32)
+    return logits, hidden, new_cache
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+  """Left-padded mask bool[B,T] -> positions int32[B,T] counting real tokens from 0."""
+  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
