@@ -1,0 +1,47 @@
+"""The full config schema with defaults; task configs start here and change what differs.
+
+Every knob is named once and read somewhere; `wst_jax.config_checks` validates them.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+# Prompt templates (the embedded default models were pretrained with exactly these).
+TEACHER_TEMPLATE = ("Question: {question}\nWrite an instruction that helps a student answer "
+                    "this question.\nInstruction:")
+STUDENT_PREFIX = "Instruction:"
+STUDENT_SUFFIX = "\nQuestion: {question}\nAnswer:"
+HUMAN_INSTRUCTION = " Let's think step by step."
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.workdir = "runs/wst"
+
+  # Models: local HF checkpoint folders, or "pretrained:teacher|student" for the embedded default.
+  f32 = dict(dtype="float32", param_dtype="float32")
+  c.teacher = dict(path="pretrained:teacher", dtypes=f32)
+  c.student = dict(path="pretrained:student", dtypes=dict(f32))
+  c.pretrain = ml_collections.ConfigDict()  # filled by configs that use "pretrained:" models
+
+  c.task = dict(name="gsm8k", train_path="", eval_path="", eval_size=200, max_train=0,
+                verifier="gsm8k", skip_malformed=False)
+
+  c.prompt = dict(teacher_template=TEACHER_TEMPLATE, student_prefix=STUDENT_PREFIX,
+                  student_suffix=STUDENT_SUFFIX, human_instruction=HUMAN_INSTRUCTION)
+  c.data = dict(teacher_prompt_len=128, student_suffix_len=128, gold_len=32, rm_prompt_len=256)
+
+  c.rollout = dict(instruction_len=16, answer_len=64, temperature=1.0, top_k=0, top_p=1.0)
+  c.reward = dict(kind="verifier", baseline="none", model_path="")
+
+  c.ppo = dict(advantage="gae", group_size=4, gamma=1.0, lam=0.95, clip_eps=0.2, vf_clip=0.2,
+               vf_coef=0.1, ent_coef=0.0, kl_coef=0.05,
+               kl_target=config_dict.placeholder(float), kl_horizon=10000,
+               num_epochs=2, num_minibatches=2, whiten_advantages=True)
+  c.optim = dict(learning_rate=1e-5, warmup_steps=10, decay_steps=1000, final_lr_fraction=0.1,
+                 max_grad_norm=1.0, b1=0.9, b2=0.95, weight_decay=0.0)
+
+  c.mesh = dict(data=-1, fsdp=1, model=1)
+  c.train = dict(batch_size=32, num_steps=1000, checkpoint_every=50, keep_checkpoints=3)
+  c.eval = dict(batch_size=64, bootstrap_samples=1000, teacher_path="", write_table=True)
+  return c

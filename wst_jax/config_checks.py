@@ -1,0 +1,50 @@
+"""Config validation before anything is allocated: every error names the field and the fix."""
+from __future__ import annotations
+
+CHOICES = {
+    "reward.kind": ("verifier", "reward_model"),
+    "reward.baseline": ("none", "student"),
+    "ppo.advantage": ("gae", "group"),
+    "task.name": ("synthetic", "gsm8k", "math500", "hh_rlhf"),
+}
+POSITIVE = ("train.batch_size", "train.num_steps", "train.checkpoint_every",
+            "train.keep_checkpoints", "rollout.instruction_len", "rollout.answer_len",
+            "rollout.temperature", "ppo.num_epochs", "ppo.num_minibatches", "ppo.group_size",
+            "optim.learning_rate", "optim.max_grad_norm", "data.teacher_prompt_len",
+            "data.student_suffix_len", "eval.batch_size")
+UNIT_INTERVAL = ("ppo.gamma", "ppo.lam", "rollout.top_p")
+
+
+def _get(config, dotted):
+  node = config
+  for part in dotted.split("."):
+    if part not in node:
+      raise ValueError(f"config.{dotted} is missing; see configs/common.py for the full schema.")
+    node = node[part]
+  return node
+
+
+def validate(config) -> None:
+  """Raises ValueError naming the first bad field."""
+  for field, choices in CHOICES.items():
+    if _get(config, field) not in choices:
+      raise ValueError(f"config.{field}={_get(config, field)!r}; choose one of {choices}.")
+  for field in POSITIVE:
+    if not _get(config, field) > 0:
+      raise ValueError(f"config.{field}={_get(config, field)!r} must be > 0.")
+  for field in UNIT_INTERVAL:
+    if not 0 < _get(config, field) <= 1:
+      raise ValueError(f"config.{field}={_get(config, field)!r} must be in (0, 1].")
+  if config.rollout.top_k < 0:
+    raise ValueError(f"config.rollout.top_k={config.rollout.top_k} must be >= 0 (0 = off).")
+  rows = config.train.batch_size * (config.ppo.group_size if config.ppo.advantage == "group" else 1)
+  if rows % config.ppo.num_minibatches:
+    raise ValueError(f"config.ppo.num_minibatches={config.ppo.num_minibatches} must divide the "
+                     f"{rows} rollouts of a step (train.batch_size x group_size).")
+  if config.ppo.advantage == "group" and config.ppo.group_size < 2:
+    raise ValueError("config.ppo.group_size must be >= 2 with ppo.advantage='group'.")
+  if config.reward.kind == "reward_model" and not config.reward.model_path:
+    raise ValueError("config.reward.model_path is required with reward.kind='reward_model'.")
+  if config.reward.kind == "verifier" and config.task.name == "hh_rlhf":
+    raise ValueError("config.reward.kind='verifier' has no gold answers for task hh_rlhf; "
+                     "use reward.kind='reward_model'.")

@@ -1,0 +1,78 @@
+"""Task examples -> static-shape token arrays for the WST step, and a resumable batch order.
+
+Every prompt is tokenized segment by segment (the way the step concatenates ids in-jit) and
+left-padded to a length from the config; a prompt that does not fit is an error naming the field.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from wst_jax.rewards import encode_gold
+
+
+def segment_ids(tokenizer, text: str) -> list[int]:
+  """Ids of one template segment, without BOS/EOS: the unit the step concatenates."""
+  return tokenizer.encode(text, add_special_tokens=False)
+
+
+def left_pad(rows: list[list[int]], length: int, pad_id: int, field: str):
+  """-> ids int32[N, length], mask bool[N, length]; raises naming `field` if a row is longer."""
+  ids = np.full((len(rows), length), pad_id, np.int32)
+  mask = np.zeros((len(rows), length), bool)
+  for i, row in enumerate(rows):
+    if len(row) > length:
+      raise ValueError(f"a prompt has {len(row)} tokens but config.{field}={length}; raise it "
+                       "or filter long examples.")
+    if row:
+      ids[i, -len(row):], mask[i, -len(row):] = row, True
+  return ids, mask
+
+
+def encode_examples(examples: list[dict], tokenizer, config) -> dict[str, np.ndarray]:
+  """The step's inputs for each example (leading axis N):
+
+  teacher_prompt/_mask int32/bool[N, data.teacher_prompt_len]: the teacher's meta-prompt;
+  student_suffix/_mask [N, data.student_suffix_len]: the question part of the student prompt;
+  gold uint8[N, data.gold_len] (verifier tasks) or rm_prompt/_mask [N, data.rm_prompt_len]
+  (reward-model tasks).
+  """
+  prompt, data, pad = config.prompt, config.data, tokenizer.pad_token_id
+  out = {}
+  out["teacher_prompt"], out["teacher_prompt_mask"] = left_pad(
+      [segment_ids(tokenizer, prompt.teacher_template.format(question=e["question"]))
+       for e in examples], data.teacher_prompt_len, pad, "data.teacher_prompt_len")
+  out["student_suffix"], out["student_suffix_mask"] = left_pad(
+      [segment_ids(tokenizer, prompt.student_suffix.format(question=e["question"]))
+       for e in examples], data.student_suffix_len, pad, "data.student_suffix_len")
+  if config.reward.kind == "verifier":
+    out["gold"] = encode_gold([e["answer"] for e in examples], data.gold_len)
+  else:
+    out["rm_prompt"], out["rm_prompt_mask"] = left_pad(
+        [segment_ids(tokenizer, e["question"]) for e in examples], data.rm_prompt_len, pad,
+        "data.rm_prompt_len")
+  return out
+
+
+def batch_indices(step: int, batch_size: int, num_examples: int, seed: int,
+                  process_index: int = 0, process_count: int = 1) -> np.ndarray:
+  """Rows of the global batch number `step` that this process feeds, int64[B / processes].
+
+  Epoch e visits a fresh permutation (seeded by seed and e); a batch may straddle two epochs.
+  The order is a pure function of `step`, so a resumed run sees exactly the same batches.
+  """
+  if batch_size % process_count:
+    raise ValueError(f"config.train.batch_size={batch_size} must divide over {process_count} "
+                     "processes.")
+  per = batch_size // process_count
+  start = step * batch_size + process_index * per
+  g = np.arange(start, start + per)
+  epochs, pos = g // num_examples, g % num_examples
+  out = np.empty(per, np.int64)
+  for e in np.unique(epochs):
+    perm = np.random.default_rng([seed, int(e)]).permutation(num_examples)
+    out[epochs == e] = perm[pos[epochs == e]]
+  return out
+
+
+def take(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+  return {k: v[rows] for k, v in arrays.items()}

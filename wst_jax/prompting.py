@@ -1,0 +1,34 @@
+"""Token-level prompt assembly inside jit: teacher instruction + question -> student prompt.
+
+Teacher and student share a tokenizer here, so the student prompt is a concatenation of id
+segments: [student prefix] [instruction] [question suffix]. Segments carry validity masks (prompts
+are left-padded, generations right-padded); the result is compacted back to a left-padded row.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def concat_left_padded(*segments: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """Concatenates (ids int32[B, Li], mask bool[B, Li]) segments, keeping only valid ids, and
+  left-pads the result: -> ids int32[B, sum Li], mask bool[B, sum Li].
+
+  Invalid slots hold whatever id they had; they are masked everywhere downstream.
+  """
+  ids = jnp.concatenate([s[0] for s in segments], axis=1)
+  mask = jnp.concatenate([s[1] for s in segments], axis=1)
+  # A stable sort on validity moves padding to the front and keeps the order of real tokens.
+  order = jnp.argsort(mask.astype(jnp.int32), axis=1, stable=True)
+  return jnp.take_along_axis(ids, order, 1), jnp.take_along_axis(mask, order, 1)
+
+
+def constant_segment(ids: tuple[int, ...], batch: int) -> tuple[jax.Array, jax.Array]:
+  """A segment that is the same for every row (e.g. the student prefix "Instruction:")."""
+  row = jnp.asarray(ids, jnp.int32).reshape(1, -1)
+  return jnp.broadcast_to(row, (batch, row.shape[1])), jnp.ones((batch, row.shape[1]), bool)
+
+
+def strip_stop(tokens, mask, stop_ids: tuple[int, ...]):
+  """The instruction proper: generated tokens without the stop token that ended them."""
+  return tokens, mask & ~jnp.isin(tokens, jnp.asarray(stop_ids or (-1,), jnp.int32))

@@ -1,0 +1,75 @@
+"""Rewards for the student's answers: how well it answered is what the teacher is paid.
+
+A reward function has the signature `reward_fn(frozen, batch, answer) -> f32[B]`:
+  * `verifier_reward`: the answer text is checked on the host (`jax.pure_callback`) against the
+    gold answer carried in the batch as UTF-8 bytes (math tasks: number / sympy equivalence);
+  * `reward_model_reward`: a Flax reward model scores (question, answer) in-graph (HH-RLHF).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wst_jax import verifiers
+from wst_jax.models import positions_from_mask
+from wst_jax.prompting import concat_left_padded
+from wst_jax.sampling import Generation
+
+
+def encode_gold(answers: list[str], length: int) -> np.ndarray:
+  """Gold answers -> uint8[N, length] zero-padded UTF-8, so they travel inside a jitted batch."""
+  out = np.zeros((len(answers), length), np.uint8)
+  for i, text in enumerate(answers):
+    raw = text.encode("utf-8")
+    if len(raw) > length:
+      raise ValueError(f"gold answer {text!r} is {len(raw)} bytes; raise config.data.gold_len "
+                       f"(now {length}).")
+    out[i, :len(raw)] = np.frombuffer(raw, np.uint8)
+  return out
+
+
+def decode_gold(row: np.ndarray) -> str:
+  return bytes(row).rstrip(b"\0").decode("utf-8")
+
+
+def answer_texts(tokenizer, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
+  """Host side: the student's answers as text (stop tokens dropped)."""
+  return [tokenizer.decode(row[m].tolist(), skip_special_tokens=True)
+          for row, m in zip(np.asarray(tokens), np.asarray(mask, bool))]
+
+
+def verifier_reward(task: str, tokenizer) -> Callable:
+  """Correctness (1.0 / 0.0) of each answer, checked on the host by `verifiers.score`."""
+
+  def host(tokens, mask, gold):
+    texts = answer_texts(tokenizer, tokens, mask)
+    return np.asarray([verifiers.score(task, t, decode_gold(g)) for t, g in zip(texts, gold)],
+                      np.float32)
+
+  def reward_fn(frozen, batch, answer: Generation):
+    del frozen
+    out = jax.ShapeDtypeStruct((answer.tokens.shape[0],), jnp.float32)
+    return jax.pure_callback(host, out, answer.tokens, answer.mask, batch["gold"])
+
+  return reward_fn
+
+
+def reward_model_reward(reward_model_def: nnx.GraphDef) -> Callable:
+  """The reward model's score of [prompt, answer] at its last real token (in-graph).
+
+  `frozen["reward_model"]` holds its params; `batch["rm_prompt"]`/`["rm_prompt_mask"]` the
+  left-padded dialogue the answer continues (the instruction is not shown to the judge).
+  """
+
+  def reward_fn(frozen, batch, answer: Generation):
+    model = nnx.merge(reward_model_def, frozen["reward_model"])
+    ids, mask = concat_left_padded((batch["rm_prompt"], batch["rm_prompt_mask"]),
+                                   (answer.tokens, answer.mask))
+    _, scores = model(ids, positions_from_mask(mask), mask)
+    return scores[:, -1]  # left-padded: the last slot is every row's last real token
+
+  return reward_fn

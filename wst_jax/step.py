@@ -1,0 +1,177 @@
+"""The WST step: the teacher writes instructions, the student answers, the reward pays the
+teacher, PPO updates it. One pure function, jitted once, sharded by its inputs.
+
+    teacher prompt --sample--> instruction --assemble--> student prompt --greedy--> answer
+                                   |                                                   |
+                                   +--------- PPO (KL to reference, GAE) <-- reward ---+
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from wst_jax import ppo
+from wst_jax.data.batches import segment_ids
+from wst_jax.models import positions_from_mask
+from wst_jax.prompting import concat_left_padded, constant_segment, strip_stop
+from wst_jax.sampling import Generation, generate
+
+
+class TrainState(NamedTuple):
+  step: jax.Array       # int32[]
+  params: nnx.State     # the teacher: LM + value head (trainable)
+  opt_state: optax.OptState
+  kl_coef: jax.Array    # f32[]  adaptive or fixed KL coefficient
+  rng: jax.Array        # PRNG key
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+  """What the rollout needs: config.rollout plus ids that come from the tokenizer."""
+  instruction_len: int          # max instruction tokens the teacher writes
+  answer_len: int               # max answer tokens the student writes
+  temperature: float            # teacher sampling
+  top_k: int
+  top_p: float
+  teacher_eos: tuple[int, ...]  # ids that end an instruction
+  student_eos: tuple[int, ...]  # ids that end an answer
+  pad_id: int
+  student_prefix: tuple[int, ...]  # ids of config.prompt.student_prefix
+
+  @classmethod
+  def from_config(cls, config, tokenizer) -> "Rollout":
+    eos = (tokenizer.eos_token_id,)
+    return cls(**config.rollout.to_dict(), teacher_eos=eos, student_eos=eos,
+               pad_id=tokenizer.pad_token_id,
+               student_prefix=tuple(segment_ids(tokenizer, config.prompt.student_prefix)))
+
+
+class Roles(NamedTuple):
+  """Graph definitions (static) of the three models; their params travel separately."""
+  teacher: nnx.GraphDef    # ScalarHeadLM: policy + value
+  reference: nnx.GraphDef  # Decoder: frozen initial teacher LM, for the KL penalty
+  student: nnx.GraphDef    # Decoder: frozen, answers greedily
+
+
+def write_instructions(teacher_lm, batch, rng, rollout) -> Generation:
+  """The teacher samples an instruction after its meta-prompt. -> Generation [B, N_instr]."""
+  return generate(teacher_lm, batch["teacher_prompt"], batch["teacher_prompt_mask"], rng,
+                  max_new_tokens=rollout.instruction_len, eos_ids=rollout.teacher_eos,
+                  pad_id=rollout.pad_id, greedy=False, temperature=rollout.temperature,
+                  top_k=rollout.top_k, top_p=rollout.top_p)
+
+
+def answer_questions(student, batch, instruction_ids, instruction_mask, rollout) -> Generation:
+  """The student answers greedily, prompted with [prefix][instruction][question suffix]."""
+  b = instruction_ids.shape[0]
+  prompt, mask = concat_left_padded(constant_segment(rollout.student_prefix, b),
+                                    (instruction_ids, instruction_mask),
+                                    (batch["student_suffix"], batch["student_suffix_mask"]))
+  return generate(student, prompt, mask, jax.random.key(0), max_new_tokens=rollout.answer_len,
+                  eos_ids=rollout.student_eos, pad_id=rollout.pad_id, greedy=True)
+
+
+def instruction_logprobs(logits, sequence, prompt_len: int, temperature: float):
+  """Log-probs and entropy of the instruction tokens under softmax(logits / temperature).
+
+  logits f32[B, P+N, V] of the teacher over [prompt, instruction]; -> (f32[B,N], f32[B,N]).
+  Position P-1+i predicts instruction token i.
+  """
+  logits = logits[:, prompt_len - 1:-1] / temperature
+  actions = sequence[:, prompt_len:]
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return (jnp.take_along_axis(logp, actions[..., None], -1)[..., 0],
+          ppo.entropy_from_logits(logits))
+
+
+def make_train_step(config, rollout: Rollout, roles: Roles, tx: optax.GradientTransformation,
+                    reward_fn: Callable) -> Callable:
+  """-> `train_step(state, frozen, batch) -> (state, metrics, samples)`, pure and jittable.
+
+  frozen: {"reference": params, "student": params, optional "reward_model": params}.
+  batch (leading axis B): teacher_prompt/_mask [B,Pt], student_suffix/_mask [B,Ps], task fields
+  for the reward (gold, rm_prompt...), and baseline_reward f32[B] when config.reward.baseline
+  is "student".
+  """
+  ppo_cfg = config.ppo
+  group = ppo_cfg.advantage == "group"
+  k = ppo_cfg.group_size if group else 1
+  temperature = rollout.temperature
+
+  def teacher_forward(params, sequence, seq_mask):
+    prompt_len = sequence.shape[1] - rollout.instruction_len
+    teacher = nnx.merge(roles.teacher, params)
+    logits, values = teacher(sequence, positions_from_mask(seq_mask), seq_mask)
+    logp, entropy = instruction_logprobs(logits, sequence, prompt_len, temperature)
+    return logp, values[:, prompt_len - 1:-1], entropy
+
+  def policy_fn(params, mb):
+    logp, values, entropy = teacher_forward(params, mb["sequence"], mb["seq_mask"])
+    return logp, (None if group else values), entropy
+
+  def train_step(state: TrainState, frozen, batch):
+    rng, sample_rng, ppo_rng = jax.random.split(state.rng, 3)
+    batch = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), batch)  # k instructions/question
+
+    # 1. Rollout: instruction, answer, reward. No gradients flow through here.
+    teacher = nnx.merge(roles.teacher, state.params)
+    instruction = write_instructions(teacher.lm, batch, sample_rng, rollout)
+    student = nnx.merge(roles.student, frozen["student"])
+    ids, mask = strip_stop(instruction.tokens, instruction.mask, rollout.teacher_eos)
+    answer = answer_questions(student, batch, ids, mask, rollout)
+    reward = reward_fn(frozen, batch, answer)
+    score = reward - batch["baseline_reward"] if config.reward.baseline == "student" else reward
+
+    # 2. Old policy, values and the reference, on [teacher prompt, instruction].
+    sequence = jnp.concatenate([batch["teacher_prompt"], instruction.tokens], axis=1)
+    seq_mask = jnp.concatenate([batch["teacher_prompt_mask"], instruction.mask], axis=1)
+    action_mask = instruction.mask.astype(jnp.float32)
+    old_logp, old_values, _ = teacher_forward(state.params, sequence, seq_mask)
+    reference = nnx.merge(roles.reference, frozen["reference"])
+    ref_logits, _, _ = reference(sequence, positions_from_mask(seq_mask), seq_mask)
+    ref_logp, _ = instruction_logprobs(ref_logits, sequence, batch["teacher_prompt"].shape[1],
+                                       temperature)
+
+    # 3. Advantages: KL folded into per-token rewards (InstructGPT), then GAE or group-relative.
+    token_rewards, kl = ppo.kl_penalized_rewards(score, old_logp, ref_logp, action_mask,
+                                                 state.kl_coef)
+    if group:
+      penalized = score - state.kl_coef * jnp.sum(kl * action_mask, axis=1)
+      advantages = ppo.group_advantages(penalized, k)[:, None] * action_mask
+      returns = jnp.zeros_like(advantages)
+    else:
+      advantages, returns = ppo.gae(token_rewards, old_values, action_mask,
+                                    ppo_cfg.gamma, ppo_cfg.lam)
+    if ppo_cfg.whiten_advantages:
+      advantages = ppo.masked_whiten(advantages, action_mask)
+
+    # 4. PPO epochs over minibatches.
+    experience = dict(sequence=sequence, seq_mask=seq_mask, mask=action_mask,
+                      old_logprobs=old_logp, advantages=advantages, old_values=old_values,
+                      returns=returns)
+    params, opt_state, update_metrics = ppo.ppo_update(
+        state.params, state.opt_state, experience, ppo_rng, policy_fn=policy_fn, tx=tx,
+        num_epochs=ppo_cfg.num_epochs, num_minibatches=ppo_cfg.num_minibatches,
+        clip_eps=ppo_cfg.clip_eps, vf_clip=ppo_cfg.vf_clip, vf_coef=ppo_cfg.vf_coef,
+        ent_coef=ppo_cfg.ent_coef, use_value=not group)
+
+    seq_kl = jnp.sum(kl * action_mask, axis=1)
+    kl_coef = state.kl_coef
+    if ppo_cfg.kl_target is not None:
+      kl_coef = ppo.adaptive_kl_coef(kl_coef, jnp.mean(seq_kl), target=ppo_cfg.kl_target,
+                                     horizon=ppo_cfg.kl_horizon, batch_size=reward.shape[0])
+    metrics = dict(update_metrics, reward=jnp.mean(reward), score=jnp.mean(score),
+                   kl=jnp.mean(seq_kl), kl_coef=state.kl_coef,
+                   instruction_len=jnp.mean(jnp.sum(instruction.mask, 1).astype(jnp.float32)),
+                   answer_len=jnp.mean(jnp.sum(answer.mask, 1).astype(jnp.float32)),
+                   answer_done=jnp.mean(answer.done.astype(jnp.float32)))
+    samples = dict(instruction=instruction.tokens, instruction_mask=mask, reward=reward)
+    new_state = TrainState(state.step + 1, params, opt_state, kl_coef, rng)
+    return new_state, metrics, samples
+
+  return train_step
