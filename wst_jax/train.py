@@ -71,7 +71,9 @@ class Setup:
     reference_def, reference_params = nnx.split(teacher_lm, nnx.Param)
     student_def, student_params = nnx.split(student, nnx.Param)
     self.roles = Roles(teacher_def, reference_def, student_def)
-    self.frozen = {"reference": reference_params, "student": student_params}
+    # The reference is a copy: the teacher's buffers are donated to (and updated by) the step.
+    self.frozen = {"reference": jax.tree.map(jnp.copy, reference_params),
+                   "student": student_params}
     self.reward_fn = self._reward_fn()
     self.teacher_params = teacher_params
     self.shard = lambda tree: jax.device_put(tree, sharding.state_shardings(tree, self.mesh))
