@@ -1,0 +1,212 @@
+r"""Evaluation: the paper's table. The student answers held-out questions with
+
+  (a) no instruction, (b) a fixed human instruction, (c) the untrained teacher's instruction,
+  (d) the trained teacher's instruction (latest checkpoint in the workdir), and optionally
+  (e) a larger teacher (any local checkpoint folder, config.eval.teacher_path);
+
+reports accuracy (or reward-model score) with a 95% bootstrap interval and the relative
+improvement over (a), as Markdown, JSON and CSV.
+
+    python -m wst_jax.eval --config configs/gsm8k_cpu.py [--workdir runs/...]
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from wst_jax import checkpoints, sharding
+from wst_jax.data.batches import segment_ids
+from wst_jax.models import ScalarHeadLM
+from wst_jax.step import answer_questions, write_instructions
+
+
+def make_eval_step(setup, source: str, teacher_def=None):
+  """-> jitted fn(teacher_params, frozen, batch, rng) -> (reward f32[B], instr ids, instr mask).
+
+  source: "none" (empty instruction), "fixed" (config.prompt.human_instruction) or "teacher"
+  (the teacher `teacher_def`, by default the trained one's graph, samples it as in training).
+  """
+  rollout, roles = setup.rollout, setup.roles
+  teacher_def = teacher_def or roles.teacher
+  fixed = jnp.asarray(segment_ids(setup.tokenizer, setup.config.prompt.human_instruction),
+                      jnp.int32)
+
+  def step(teacher_params, frozen, batch, rng):
+    b = batch["teacher_prompt"].shape[0]
+    if source == "teacher":
+      teacher = nnx.merge(teacher_def, teacher_params)
+      gen = write_instructions(teacher.lm, batch, rng, rollout)
+      ids, mask = gen.tokens, gen.mask & ~jnp.isin(gen.tokens, jnp.asarray(rollout.teacher_eos))
+    elif source == "fixed":
+      ids, mask = jnp.broadcast_to(fixed, (b, fixed.shape[0])), jnp.ones((b, fixed.shape[0]), bool)
+    else:
+      ids, mask = jnp.zeros((b, 0), jnp.int32), jnp.zeros((b, 0), bool)
+    student = nnx.merge(roles.student, frozen["student"])
+    answer = answer_questions(student, batch, ids, mask, rollout)
+    return setup.reward_fn(frozen, batch, answer), ids, mask
+
+  return jax.jit(step)
+
+
+def run_source(setup, arrays, source: str, teacher=(None, None), desc: str = "", seed: int = 0):
+  """Rewards f32[N] (and instruction ids/masks) for every row of `arrays`.
+
+  teacher: (graphdef or None for the trained teacher's, params) when source == "teacher".
+  """
+  teacher_def, teacher_params = teacher
+  config = setup.config
+  n = len(arrays["teacher_prompt"])
+  bs = config.eval.batch_size
+  step = make_eval_step(setup, source, teacher_def)
+  rewards, ids, masks = [], [], []
+  rng = jax.random.PRNGKey(seed)
+  for start in tqdm(range(0, n, bs), desc=desc or source, leave=False,
+                    disable=jax.process_index() != 0):
+    # Static shapes: the last batch is filled up with row 0 and the extra results dropped.
+    rows = np.arange(start, start + bs)
+    rows = np.where(rows < n, rows, 0)
+    batch = sharding.put_batch({k: v[rows] for k, v in arrays.items()}, setup.mesh)
+    rng, key = jax.random.split(rng)
+    r, i, m = jax.device_get(step(teacher_params, setup.frozen, batch, key))
+    keep = min(bs, n - start)
+    rewards.append(r[:keep]), ids.append(i[:keep]), masks.append(m[:keep])
+  return np.concatenate(rewards), ids, masks
+
+
+def bootstrap_interval(x: np.ndarray, samples: int, seed: int = 0) -> tuple[float, float]:
+  """95% percentile bootstrap interval of the mean."""
+  rng = np.random.default_rng(seed)
+  means = x[rng.integers(0, len(x), (samples, len(x)))].mean(axis=1)
+  return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def student_alone_rewards(setup, arrays, workdir: Path) -> np.ndarray:
+  """Reward of the student with no instruction, per question: computed once, cached on disk."""
+  key = hashlib.sha256()
+  for name in sorted(arrays):
+    key.update(name.encode()), key.update(np.ascontiguousarray(arrays[name]).tobytes())
+  key.update(str(setup.paths["student"].resolve()).encode())
+  path = Path(workdir) / f"baseline_rewards_{key.hexdigest()[:16]}.npy"
+  if path.exists():
+    return np.load(path)
+  rewards, _, _ = run_source(setup, arrays, "none", desc="student alone (baseline)")
+  if jax.process_index() == 0:
+    np.save(path, rewards)
+  return rewards
+
+
+def trained_teacher_params(setup, workdir: Path):
+  """The teacher params of the latest checkpoint in workdir, or None if there is none."""
+  from wst_jax.train import checkpoint_manager, init_state, optimizer, restore_or_init
+  mngr = checkpoint_manager(Path(workdir), setup.config)
+  if mngr.latest_step() is None:
+    return None, 0
+  state, shardings = init_state(setup, optimizer(setup.config.optim))
+  state = restore_or_init(mngr, state, shardings)
+  return state.params, int(state.step)
+
+
+def larger_teacher(setup, path):
+  """A different (e.g. larger) local teacher LM: same tokenizer, no value head needed."""
+  lm = checkpoints.load_decoder(path, **setup.config.teacher.dtypes)
+  teacher = ScalarHeadLM(lm.cfg, rngs=nnx.Rngs(0), lm=lm)
+  return nnx.split(teacher, nnx.Param)
+
+
+def top_instructions(tokenizer, ids, masks, rewards, k: int = 5) -> list[dict]:
+  """The teacher's most frequent instructions with their mean reward."""
+  texts = [tokenizer.decode(r[m].tolist()) for i, mk in zip(ids, masks) for r, m in zip(i, mk)]
+  by_text = collections.defaultdict(list)
+  for t, r in zip(texts, rewards):
+    by_text[t].append(float(r))
+  common = sorted(by_text.items(), key=lambda kv: -len(kv[1]))[:k]
+  return [{"instruction": t, "count": len(v), "reward": float(np.mean(v))} for t, v in common]
+
+
+def markdown_table(rows: list[dict], metric: str) -> str:
+  lines = [f"| instruction source | n | {metric} | 95% CI | vs. student alone |",
+           "|---|---:|---:|---|---:|"]
+  for r in rows:
+    rel = "—" if r["relative_improvement_pct"] is None else f"{r['relative_improvement_pct']:+.1f}%"
+    lines.append(f"| {r['source']} | {r['n']} | {r['mean']:.3f} | "
+                 f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {rel} |")
+  return "\n".join(lines)
+
+
+def evaluate(config, workdir, setup=None) -> dict:
+  """Runs every row of the table on the task's eval split; prints and writes it."""
+  from wst_jax.train import Setup
+  setup = setup or Setup(config)
+  workdir = Path(workdir)
+  arrays = setup.encode(setup.task.eval)
+  samples = config.eval.bootstrap_samples
+  sources = [("(a) student alone", "none", (None, None)),
+             ("(b) human instruction", "fixed", (None, None)),
+             ("(c) untrained teacher", "teacher", (None, setup.teacher_params))]
+  trained, step = trained_teacher_params(setup, workdir)
+  if trained is not None:
+    sources.append((f"(d) WST teacher (step {step})", "teacher", (None, trained)))
+  else:
+    logging.warning("no checkpoint in %s: row (d) is left out", workdir)
+  if config.eval.teacher_path:
+    sources.append((f"(e) teacher {Path(config.eval.teacher_path).name}", "teacher",
+                    larger_teacher(setup, config.eval.teacher_path)))
+  rows, instructions = [], {}
+  for name, source, teacher in sources:
+    rewards, ids, masks = run_source(setup, arrays, source, teacher, desc=name, seed=config.seed)
+    lo, hi = bootstrap_interval(rewards, samples, config.seed)
+    rows.append(dict(source=name, n=len(rewards), mean=float(rewards.mean()), ci_low=lo, ci_high=hi))
+    if source == "teacher":
+      instructions[name] = top_instructions(setup.tokenizer, ids, masks, rewards)
+  base = rows[0]["mean"]
+  for r in rows:
+    r["relative_improvement_pct"] = (None if r is rows[0] or base == 0
+                                     else 100.0 * (r["mean"] - base) / base)
+  metric = "accuracy" if config.reward.kind == "verifier" else "reward-model score"
+  table = markdown_table(rows, metric)
+  result = {"task": config.task.name, "metric": metric, "rows": rows, "instructions": instructions,
+            "markdown": table}
+  if jax.process_index() == 0:
+    print("\n" + table + "\n")
+    for name, tops in instructions.items():
+      print(f"{name}: most frequent instructions")
+      for t in tops:
+        print(f"  {t['count']:4d}x  reward {t['reward']:.3f}  {t['instruction']!r}")
+    if config.eval.write_table:
+      out = workdir / "eval"
+      out.mkdir(parents=True, exist_ok=True)
+      (out / "table.md").write_text(table + "\n")
+      (out / "results.json").write_text(json.dumps(result, indent=2))
+      with open(out / "table.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader(), writer.writerows(rows)
+  return result
+
+
+def main(argv=None):
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Run folder with the trained teacher's checkpoints.")
+
+  def run(_):
+    from wst_jax import distributed
+    distributed.initialize()
+    config = flags.FLAGS.config
+    evaluate(config, flags.FLAGS.workdir or config.workdir)
+
+  app.run(run, argv)
+
+
+if __name__ == "__main__":
+  main()
