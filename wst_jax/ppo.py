@@ -197,7 +197,7 @@ def ppo_update(params, opt_state, rollout, rng, *, policy_fn: Callable,
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return (params, opt_state), {**metrics, "grad_norm": optax.global_norm(grads)}
+    return (params, opt_state), {**metrics, "grad_norm": optax.tree.norm(grads)}
 
   def update_epoch(carry, key):
     perm = jax.random.permutation(key, batch_size)
