@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from wst_jax import checkpoints, sharding
 from wst_jax.data.batches import segment_ids
 from wst_jax.models import ScalarHeadLM
+from wst_jax.prompting import strip_stop
 from wst_jax.step import answer_questions, write_instructions
 
 
@@ -38,15 +39,16 @@ def make_eval_step(setup, source: str, teacher_def=None):
   """
   rollout, roles = setup.rollout, setup.roles
   teacher_def = teacher_def or roles.teacher
-  fixed = jnp.asarray(segment_ids(setup.tokenizer, setup.config.prompt.human_instruction),
-                      jnp.int32)
+  # In teacher ids, like a teacher's instruction (answer_questions re-tokenizes if needed).
+  fixed = jnp.asarray(segment_ids(setup.teacher_tokenizer,
+                                  setup.config.prompt.human_instruction), jnp.int32)
 
   def step(teacher_params, frozen, batch, rng):
     b = batch["teacher_prompt"].shape[0]
     if source == "teacher":
       teacher = nnx.merge(teacher_def, teacher_params)
       gen = write_instructions(teacher.lm, batch, rng, rollout)
-      ids, mask = gen.tokens, gen.mask & ~jnp.isin(gen.tokens, jnp.asarray(rollout.teacher_eos))
+      ids, mask = strip_stop(gen.tokens, gen.mask, rollout.teacher_eos)
     elif source == "fixed":
       ids, mask = jnp.broadcast_to(fixed, (b, fixed.shape[0])), jnp.ones((b, fixed.shape[0]), bool)
     else:
@@ -167,7 +169,7 @@ def evaluate(config, workdir, setup=None) -> dict:
     lo, hi = bootstrap_interval(rewards, samples, config.seed)
     rows.append(dict(source=name, n=len(rewards), mean=float(rewards.mean()), ci_low=lo, ci_high=hi))
     if source == "teacher":
-      instructions[name] = top_instructions(setup.tokenizer, ids, masks, rewards)
+      instructions[name] = top_instructions(setup.teacher_tokenizer, ids, masks, rewards)
   base = rows[0]["mean"]
   for r in rows:
     r["relative_improvement_pct"] = (None if r is rows[0] or base == 0

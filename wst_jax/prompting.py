@@ -32,3 +32,33 @@ def constant_segment(ids: tuple[int, ...], batch: int) -> tuple[jax.Array, jax.A
 def strip_stop(tokens, mask, stop_ids: tuple[int, ...]):
   """The instruction proper: generated tokens without the stop token that ended them."""
   return tokens, mask & ~jnp.isin(tokens, jnp.asarray(stop_ids or (-1,), jnp.int32))
+
+
+def host_retokenizer(teacher_tokenizer, student_tokenizer, max_len: int):
+  """The hand-off when teacher and student have different vocabularies.
+
+  Returns `retokenize(ids, mask) -> (ids int32[B, max_len], mask bool[B, max_len])`, usable in
+  jit: a `jax.pure_callback` decodes the teacher's instruction to text and encodes it with the
+  student's tokenizer (right-padded; longer instructions are cut at max_len tokens). The cost is
+  one device->host->device round trip per step and the host tokenizers' time (measured in
+  benchmarks/handoff.py); with a shared vocabulary the hand-off stays in-graph instead.
+  """
+  import numpy as np
+
+  pad = student_tokenizer.pad_token_id or 0
+
+  def host(ids, mask):
+    out_ids = np.full((ids.shape[0], max_len), pad, np.int32)
+    out_mask = np.zeros((ids.shape[0], max_len), bool)
+    for i, (row, m) in enumerate(zip(np.asarray(ids), np.asarray(mask, bool))):
+      text = teacher_tokenizer.decode(row[m].tolist(), skip_special_tokens=True)
+      new = student_tokenizer.encode(text, add_special_tokens=False)[:max_len]
+      out_ids[i, :len(new)], out_mask[i, :len(new)] = new, True
+    return out_ids, out_mask
+
+  def retokenize(ids, mask):
+    shapes = (jax.ShapeDtypeStruct((ids.shape[0], max_len), jnp.int32),
+              jax.ShapeDtypeStruct((ids.shape[0], max_len), jnp.bool_))
+    return jax.pure_callback(host, shapes, ids, mask)
+
+  return retokenize

@@ -18,7 +18,8 @@ from flax import nnx
 from wst_jax import ppo
 from wst_jax.data.batches import segment_ids
 from wst_jax.models import positions_from_mask
-from wst_jax.prompting import concat_left_padded, constant_segment, strip_stop
+from wst_jax.prompting import (concat_left_padded, constant_segment, host_retokenizer,
+                               strip_stop)
 from wst_jax.sampling import Generation, generate
 
 
@@ -40,15 +41,24 @@ class Rollout:
   top_p: float
   teacher_eos: tuple[int, ...]  # ids that end an instruction
   student_eos: tuple[int, ...]  # ids that end an answer
-  pad_id: int
-  student_prefix: tuple[int, ...]  # ids of config.prompt.student_prefix
+  teacher_pad: int
+  student_pad: int
+  student_prefix: tuple[int, ...]  # student ids of config.prompt.student_prefix
+  # None when teacher and student share a vocabulary (the hand-off stays in-graph), else
+  # prompting.host_retokenizer: teacher ids -> text -> student ids on the host.
+  retokenize: Callable | None = None
 
   @classmethod
-  def from_config(cls, config, tokenizer) -> "Rollout":
-    eos = (tokenizer.eos_token_id,)
-    return cls(**config.rollout.to_dict(), teacher_eos=eos, student_eos=eos,
-               pad_id=tokenizer.pad_token_id,
-               student_prefix=tuple(segment_ids(tokenizer, config.prompt.student_prefix)))
+  def from_config(cls, config, teacher_tokenizer, student_tokenizer) -> "Rollout":
+    shared = teacher_tokenizer.get_vocab() == student_tokenizer.get_vocab()
+    retokenize = None if shared else host_retokenizer(
+        teacher_tokenizer, student_tokenizer, config.data.retokenized_instruction_len)
+    return cls(**config.rollout.to_dict(), teacher_eos=(teacher_tokenizer.eos_token_id,),
+               student_eos=(student_tokenizer.eos_token_id,),
+               teacher_pad=teacher_tokenizer.pad_token_id,
+               student_pad=student_tokenizer.pad_token_id,
+               student_prefix=tuple(segment_ids(student_tokenizer, config.prompt.student_prefix)),
+               retokenize=retokenize)
 
 
 class Roles(NamedTuple):
@@ -62,18 +72,23 @@ def write_instructions(teacher_lm, batch, rng, rollout) -> Generation:
   """The teacher samples an instruction after its meta-prompt. -> Generation [B, N_instr]."""
   return generate(teacher_lm, batch["teacher_prompt"], batch["teacher_prompt_mask"], rng,
                   max_new_tokens=rollout.instruction_len, eos_ids=rollout.teacher_eos,
-                  pad_id=rollout.pad_id, greedy=False, temperature=rollout.temperature,
+                  pad_id=rollout.teacher_pad, greedy=False, temperature=rollout.temperature,
                   top_k=rollout.top_k, top_p=rollout.top_p)
 
 
 def answer_questions(student, batch, instruction_ids, instruction_mask, rollout) -> Generation:
-  """The student answers greedily, prompted with [prefix][instruction][question suffix]."""
+  """The student answers greedily, prompted with [prefix][instruction][question suffix].
+
+  instruction_ids/_mask: the teacher's instruction without its stop token, in teacher ids.
+  """
   b = instruction_ids.shape[0]
+  if rollout.retokenize is not None:
+    instruction_ids, instruction_mask = rollout.retokenize(instruction_ids, instruction_mask)
   prompt, mask = concat_left_padded(constant_segment(rollout.student_prefix, b),
                                     (instruction_ids, instruction_mask),
                                     (batch["student_suffix"], batch["student_suffix_mask"]))
   return generate(student, prompt, mask, jax.random.key(0), max_new_tokens=rollout.answer_len,
-                  eos_ids=rollout.student_eos, pad_id=rollout.pad_id, greedy=True)
+                  eos_ids=rollout.student_eos, pad_id=rollout.student_pad, greedy=True)
 
 
 def instruction_logprobs(logits, sequence, prompt_len: int, temperature: float):

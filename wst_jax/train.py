@@ -58,12 +58,9 @@ class Setup:
     self.config = config
     self.mesh = sharding.make_mesh(config.mesh.to_dict())
     self.paths = resolve_model_paths(config)
-    self.tokenizer = checkpoints.load_tokenizer(self.paths["teacher"])
-    student_tok = checkpoints.load_tokenizer(self.paths["student"])
-    if student_tok.get_vocab() != self.tokenizer.get_vocab():
-      raise ValueError("teacher and student tokenizers differ: the in-jit instruction hand-off "
-                       "needs a shared vocabulary (see README, 'Different tokenizers').")
-    self.rollout = Rollout.from_config(config, self.tokenizer)
+    self.teacher_tokenizer = checkpoints.load_tokenizer(self.paths["teacher"])
+    self.tokenizer = checkpoints.load_tokenizer(self.paths["student"])  # answers, rewards
+    self.rollout = Rollout.from_config(config, self.teacher_tokenizer, self.tokenizer)
     teacher_lm = checkpoints.load_decoder(self.paths["teacher"], **config.teacher.dtypes)
     student = checkpoints.load_decoder(self.paths["student"], **config.student.dtypes)
     teacher = ScalarHeadLM(teacher_lm.cfg, rngs=nnx.Rngs(config.seed), lm=teacher_lm)
@@ -97,7 +94,7 @@ class Setup:
     return path
 
   def encode(self, examples):
-    return batches.encode_examples(examples, self.tokenizer, self.config)
+    return batches.encode_examples(examples, self.teacher_tokenizer, self.tokenizer, self.config)
 
 
 def init_state(setup: Setup, tx) -> tuple[TrainState, object]:
@@ -162,8 +159,11 @@ class MetricWriter:
       self.tb.close()
 
 
-def train(config, workdir) -> dict:
-  """Trains the teacher; returns the last step's metrics. Resumable and bit-for-bit repeatable."""
+def train(config, workdir, on_step=None) -> dict:
+  """Trains the teacher; returns the last step's metrics. Resumable and bit-for-bit repeatable.
+
+  on_step(step, metrics), if given, is called after every step (e.g. a live plot in a notebook).
+  """
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   setup = Setup(config)
@@ -201,8 +201,10 @@ def train(config, workdir) -> dict:
             "config.optim.learning_rate or config.optim.max_grad_norm.")
       state = new_state
       if step == start and jax.process_index() == 0:
-        metrics["instructions"] = decode_samples(setup.tokenizer, samples)
+        metrics["instructions"] = decode_samples(setup.teacher_tokenizer, samples)
       writer.write(step + 1, metrics)
+      if on_step is not None:
+        on_step(step + 1, metrics)
       bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}",
                       loss=f"{metrics['loss']:.3f}")
       done = step + 1 == total

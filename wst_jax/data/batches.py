@@ -28,19 +28,23 @@ def left_pad(rows: list[list[int]], length: int, pad_id: int, field: str):
   return ids, mask
 
 
-def encode_examples(examples: list[dict], tokenizer, config) -> dict[str, np.ndarray]:
+def encode_examples(examples: list[dict], teacher_tokenizer, student_tokenizer,
+                    config) -> dict[str, np.ndarray]:
   """The step's inputs for each example (leading axis N):
 
-  teacher_prompt/_mask int32/bool[N, data.teacher_prompt_len]: the teacher's meta-prompt;
-  student_suffix/_mask [N, data.student_suffix_len]: the question part of the student prompt;
+  teacher_prompt/_mask int32/bool[N, data.teacher_prompt_len]: the teacher's meta-prompt
+  (teacher ids); student_suffix/_mask [N, data.student_suffix_len]: the question part of the
+  student prompt (student ids, as everything below);
   gold uint8[N, data.gold_len] (verifier tasks) or rm_prompt/_mask [N, data.rm_prompt_len]
   (reward-model tasks).
   """
-  prompt, data, pad = config.prompt, config.data, tokenizer.pad_token_id
+  prompt, data = config.prompt, config.data
+  tokenizer, pad = student_tokenizer, student_tokenizer.pad_token_id
   out = {}
   out["teacher_prompt"], out["teacher_prompt_mask"] = left_pad(
-      [segment_ids(tokenizer, prompt.teacher_template.format(question=e["question"]))
-       for e in examples], data.teacher_prompt_len, pad, "data.teacher_prompt_len")
+      [segment_ids(teacher_tokenizer, prompt.teacher_template.format(question=e["question"]))
+       for e in examples], data.teacher_prompt_len, teacher_tokenizer.pad_token_id,
+      "data.teacher_prompt_len")
   out["student_suffix"], out["student_suffix_mask"] = left_pad(
       [segment_ids(tokenizer, prompt.student_suffix.format(question=e["question"]))
        for e in examples], data.student_suffix_len, pad, "data.student_suffix_len")
