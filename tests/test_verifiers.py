@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from wst_jax import verifiers
 from wst_jax.verifiers import (extract_boxed, extract_gsm8k_answer, gsm8k_correct, math_correct,
                                normalize_math_string, parse_number, score)
 

@@ -121,6 +121,16 @@ def _to_ours(x: np.ndarray, transform: str) -> np.ndarray:
   return x
 
 
+def _hf_shape(shape, transform: str) -> tuple[int, ...]:
+  """Inverse of `_to_ours` on shapes: the checkpoint shape our parameter shape implies."""
+  shape = tuple(shape)
+  if transform == "T":
+    return shape[::-1]
+  if transform.startswith("qkv"):
+    return shape[:-1] + (3 * shape[-1],)
+  return shape
+
+
 def _strip_prefix(tensors: dict, cfg: DecoderConfig) -> dict:
   # GPT2LMHeadModel saves "transformer.*", GPT2Model bare names; *ForSequenceClassification
   # checkpoints keep the decoder under the same prefixes.
@@ -146,16 +156,23 @@ def load_decoder(model_dir, *, extra_keys: dict[str, str] | None = None, **overr
 
 
 def load_reward_model(model_dir, **overrides) -> ScalarHeadLM:
-  """A HF `*ForSequenceClassification` folder (num_labels=1) as decoder + scalar head."""
-  model, _ = _load(ScalarHeadLM, model_dir, {"head.kernel": "score.weight"}, **overrides)
+  """A HF `*ForSequenceClassification` folder (num_labels=1) as decoder + scalar head.
+
+  Those checkpoints have no `lm_head.weight`: an untied config (Llama's default) is then loaded
+  with the LM head tied to the embeddings (a reward model's LM logits are never used).
+  """
+  model, _ = _load(ScalarHeadLM, model_dir, {"head.kernel": "score.weight"},
+                   lm_head_optional=True, **overrides)
   return model
 
 
-def _load(cls, model_dir, extra: dict[str, str], **overrides):
+def _load(cls, model_dir, extra: dict[str, str], lm_head_optional=False, **overrides):
   cfg = load_config(model_dir, **overrides)
   tensors, origin = read_tensors(model_dir)
   tensors = _strip_prefix(tensors, cfg)
   origin = _strip_prefix(origin, cfg)
+  if lm_head_optional and not cfg.tie_word_embeddings and "lm_head.weight" not in tensors:
+    cfg = cfg.replace(tie_word_embeddings=True)
   model = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
   params = _param_paths(model)
   prefix = "lm." if cls is ScalarHeadLM else ""
@@ -171,7 +188,8 @@ def _load(cls, model_dir, extra: dict[str, str], **overrides):
     var = params[ours]
     if tuple(value.shape) != tuple(var.shape):
       raise ValueError(f"{folder / origin[hf]}: tensor {hf!r} has shape {tuple(tensors[hf].shape)}, "
-                       f"config.json implies {tuple(var.shape)} for {ours} (after {transform!r}).")
+                       f"but config.json implies {_hf_shape(var.shape, transform)} "
+                       f"(our {ours} is {tuple(var.shape)}, transform {transform!r}).")
     var.set_value(jnp.asarray(value, var.dtype))
     used.add(hf)
   unused = [k for k in tensors if k not in used and not _IGNORED.search(k)

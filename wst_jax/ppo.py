@@ -109,8 +109,10 @@ def value_loss(values, old_values, returns, mask, clip_eps):
   unclipped_err = jnp.square(values - returns)
   clipped_err = jnp.square(clipped_values - returns)
   loss = 0.5 * masked_mean(jnp.maximum(unclipped_err, clipped_err), mask)
-  return loss, {"vf_clipfrac": masked_mean((clipped_err > unclipped_err).astype(jnp.float32),
-                                           mask)}
+  # Within the clip range the two terms are equal in exact arithmetic, but old + (v - old) can
+  # round to a different float than v: count only tokens that the clip actually moved.
+  clipped = (jnp.abs(values - old_values) > clip_eps) & (clipped_err > unclipped_err)
+  return loss, {"vf_clipfrac": masked_mean(clipped.astype(jnp.float32), mask)}
 
 
 def entropy_from_logits(logits):

@@ -34,15 +34,18 @@ def strip_stop(tokens, mask, stop_ids: tuple[int, ...]):
   return tokens, mask & ~jnp.isin(tokens, jnp.asarray(stop_ids or (-1,), jnp.int32))
 
 
-def host_retokenizer(teacher_tokenizer, student_tokenizer, max_len: int):
+def host_retokenizer(teacher_tokenizer, student_tokenizer, max_len: int, mesh=None):
   """The hand-off when teacher and student have different vocabularies.
 
   Returns `retokenize(ids, mask) -> (ids int32[B, max_len], mask bool[B, max_len])`, usable in
   jit: a `jax.pure_callback` decodes the teacher's instruction to text and encodes it with the
   student's tokenizer (right-padded; longer instructions are cut at max_len tokens). The cost is
   one device->host->device round trip per step and the host tokenizers' time (measured in
-  benchmarks/handoff.py); with a shared vocabulary the hand-off stays in-graph instead.
+  benchmarks/handoff.py); with a shared vocabulary the hand-off stays in-graph instead. With the
+  run's `mesh`, each process re-tokenizes the rows of its own devices
+  (`sharding.host_callback_per_shard`).
   """
+  from wst_jax.sharding import host_callback_per_shard
   import numpy as np
 
   pad = student_tokenizer.pad_token_id or 0
@@ -59,6 +62,6 @@ def host_retokenizer(teacher_tokenizer, student_tokenizer, max_len: int):
   def retokenize(ids, mask):
     shapes = (jax.ShapeDtypeStruct((ids.shape[0], max_len), jnp.int32),
               jax.ShapeDtypeStruct((ids.shape[0], max_len), jnp.bool_))
-    return jax.pure_callback(host, shapes, ids, mask)
+    return host_callback_per_shard(host, shapes, ids, mask, mesh=mesh)
 
   return retokenize

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wst_jax import verifiers
+from wst_jax import sharding, verifiers
 from wst_jax.models import positions_from_mask
 from wst_jax.prompting import concat_left_padded
 from wst_jax.sampling import Generation
@@ -42,8 +42,12 @@ def answer_texts(tokenizer, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
           for row, m in zip(np.asarray(tokens), np.asarray(mask, bool))]
 
 
-def verifier_reward(task: str, tokenizer) -> Callable:
-  """Correctness (1.0 / 0.0) of each answer, checked on the host by `verifiers.score`."""
+def verifier_reward(task: str, tokenizer, mesh=None) -> Callable:
+  """Correctness (1.0 / 0.0) of each answer, checked on the host by `verifiers.score`.
+
+  With the run's `mesh`, each process checks the rows of its own devices (see
+  `sharding.host_callback_per_shard`); without one, a single host checks the whole batch.
+  """
 
   def host(tokens, mask, gold):
     texts = answer_texts(tokenizer, tokens, mask)
@@ -53,7 +57,8 @@ def verifier_reward(task: str, tokenizer) -> Callable:
   def reward_fn(frozen, batch, answer: Generation):
     del frozen
     out = jax.ShapeDtypeStruct((answer.tokens.shape[0],), jnp.float32)
-    return jax.pure_callback(host, out, answer.tokens, answer.mask, batch["gold"])
+    return sharding.host_callback_per_shard(host, out, answer.tokens, answer.mask, batch["gold"],
+                                            mesh=mesh)
 
   return reward_fn
 

@@ -51,7 +51,10 @@ def generate(model: Decoder, prompt, prompt_mask, rng, *, max_new_tokens: int,
   total = p + max_new_tokens
   kv_mask = jnp.zeros((b, total), bool).at[:, :p].set(prompt_mask)
   positions = positions_from_mask(prompt_mask)
-  logits, _, cache = model(prompt, positions, kv_mask, init_cache(cfg, b, total), 0)
+  # Only the last position's logits are needed: the LM head over the whole prompt (its largest
+  # matmul) is left to XLA's dead-code elimination.
+  _, hidden, cache = model(prompt, positions, kv_mask, init_cache(cfg, b, total), 0)
+  last_logits = model.logits(hidden[:, -1])
   eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
 
   def pick(logits, key):
@@ -93,7 +96,7 @@ def generate(model: Decoder, prompt, prompt_mask, rng, *, max_new_tokens: int,
   def cond(c: Carry):
     return (c.i < max_new_tokens) & ~jnp.all(c.done)
 
-  init = Carry(jnp.int32(0), logits[:, -1], cache, kv_mask, positions[:, -1] + 1,
+  init = Carry(jnp.int32(0), last_logits, cache, kv_mask, positions[:, -1] + 1,
                jnp.zeros((b,), bool), jnp.full((b, max_new_tokens), pad_id, jnp.int32),
                jnp.zeros((b, max_new_tokens), jnp.float32),
                jnp.zeros((b, max_new_tokens), bool), rng)

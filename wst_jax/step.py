@@ -49,10 +49,10 @@ class Rollout:
   retokenize: Callable | None = None
 
   @classmethod
-  def from_config(cls, config, teacher_tokenizer, student_tokenizer) -> "Rollout":
+  def from_config(cls, config, teacher_tokenizer, student_tokenizer, mesh=None) -> "Rollout":
     shared = teacher_tokenizer.get_vocab() == student_tokenizer.get_vocab()
     retokenize = None if shared else host_retokenizer(
-        teacher_tokenizer, student_tokenizer, config.data.retokenized_instruction_len)
+        teacher_tokenizer, student_tokenizer, config.data.retokenized_instruction_len, mesh)
     return cls(**config.rollout.to_dict(), teacher_eos=(teacher_tokenizer.eos_token_id,),
                student_eos=(student_tokenizer.eos_token_id,),
                teacher_pad=teacher_tokenizer.pad_token_id,

@@ -60,7 +60,7 @@ class Setup:
     self.paths = resolve_model_paths(config)
     self.teacher_tokenizer = checkpoints.load_tokenizer(self.paths["teacher"])
     self.tokenizer = checkpoints.load_tokenizer(self.paths["student"])  # answers, rewards
-    self.rollout = Rollout.from_config(config, self.teacher_tokenizer, self.tokenizer)
+    self.rollout = Rollout.from_config(config, self.teacher_tokenizer, self.tokenizer, self.mesh)
     teacher_lm = checkpoints.load_decoder(self.paths["teacher"], **config.teacher.dtypes)
     student = checkpoints.load_decoder(self.paths["student"], **config.student.dtypes)
     teacher = ScalarHeadLM(teacher_lm.cfg, rngs=nnx.Rngs(config.seed), lm=teacher_lm)
@@ -75,12 +75,12 @@ class Setup:
     self.teacher_params = teacher_params
     self.shard = lambda tree: jax.device_put(tree, sharding.state_shardings(tree, self.mesh))
     self.frozen = {k: self.shard(v) for k, v in self.frozen.items()}
-    self.task = load_task(config.task)
+    self.task = load_task(config.task, config.seed)
 
   def _reward_fn(self):
     reward = self.config.reward
     if reward.kind == "verifier":
-      return rewards.verifier_reward(self.config.task.verifier, self.tokenizer)
+      return rewards.verifier_reward(self.config.task.verifier, self.tokenizer, self.mesh)
     model = checkpoints.load_reward_model(self._reward_model_path())
     rm_def, rm_params = nnx.split(model, nnx.Param)
     self.frozen["reward_model"] = rm_params
@@ -196,7 +196,7 @@ def train(config, workdir, on_step=None) -> dict:
       bad = [k for k, v in metrics.items() if not math.isfinite(v)]
       if bad:
         raise FloatingPointError(
-            f"step {step}: non-finite {bad}; stopped. The last good checkpoint is kept in "
+            f"step {step + 1}: non-finite {bad}; stopped. The last good checkpoint is kept in "
             f"{workdir / 'checkpoints'} (step {mngr.latest_step()}). Try a lower "
             "config.optim.learning_rate or config.optim.max_grad_norm.")
       state = new_state

@@ -2,16 +2,16 @@
 
 `score(task, completion, gold) -> 1.0 | 0.0` is what `wst_jax.rewards.verifier_reward` calls on
 the host for every answer, so everything here is a pure function of its strings and safe to call
-from any thread (JAX runs host callbacks on runtime threads, not the main one).
+from any thread (JAX may run host callbacks on runtime threads, not the main one).
 
 GSM8K: the final number of the completion (after the last `####`, else the last number) equals
 the gold number as a decimal: `$1,000.00` == `1000`, `3.50` == `3.5`.
 
 MATH: `math-verify` (sympy) decides equivalence: `\\frac12` == `0.5`, `90^\\circ` == `90`,
 `[1,2)` != `(1,2)`. math-verify's own time limits use `signal.alarm`, which works only on the
-main thread and cannot interrupt C code (a big-integer power such as `10^{10^{9}}` runs for
-minutes without them), so every check runs in a child worker process that is killed when it
-passes its time limit and replaced by a fresh one.
+main thread (JAX host callbacks may run elsewhere) and, with them off, an answer such as
+`\\boxed{10^{10^{9}}}` keeps sympy busy for well over 30 s. So every check runs in a child worker
+process that is killed when it passes its time limit and replaced by a fresh one.
 """
 from __future__ import annotations
 

@@ -23,6 +23,15 @@ def _read(name: str, path: str, task_cfg, split: str) -> list[dict]:
   return examples
 
 
+def load_eval_examples(task_cfg, seed: int = 0) -> list[dict]:
+  """A seeded subset of task.eval_size rows (0 = all) of task.eval_path."""
+  if not task_cfg.eval_path:
+    raise ValueError(f"config.task.eval_path is empty for task {task_cfg.name!r}: give a local "
+                     "file (e.g. ../shared/assets/gsm8k/test.jsonl) or a hub name.")
+  evals = tasks.shuffle(_read(task_cfg.name, task_cfg.eval_path, task_cfg, "test"), seed)
+  return evals[:task_cfg.eval_size] if task_cfg.eval_size else evals
+
+
 def load_task(task_cfg, seed: int = 0) -> Task:
   """Train / eval examples for config.task.
 
@@ -39,8 +48,7 @@ def load_task(task_cfg, seed: int = 0) -> Task:
                      "(e.g. ../shared/assets/gsm8k/train.jsonl) or a hub name.")
   train = _read(name, task_cfg.train_path, task_cfg, "train")
   if task_cfg.eval_path:
-    evals = tasks.shuffle(_read(name, task_cfg.eval_path, task_cfg, "test"), seed)
-    evals = evals[:task_cfg.eval_size] if task_cfg.eval_size else evals
+    evals = load_eval_examples(task_cfg, seed)
   else:
     train, evals = tasks.split_train_eval(train, eval_size=task_cfg.eval_size, seed=seed)
   if task_cfg.max_train:

@@ -22,13 +22,16 @@ _NEG = -1e30  # finite mask value: fully masked (padding) rows give garbage, nev
 
 
 class LayerCache(NamedTuple):
-  """Keys and values of one layer: [B, S, Hkv, Dh] each, S = cache length."""
+  """Keys and values of one layer: [B, Hkv, S, Dh] each, S = cache length.
+
+  Heads before slots: the attention dots then read the cache in place, with no per-step
+  transpose of the whole cache (which dominated CPU decode time with [B, S, Hkv, Dh])."""
   k: jax.Array
   v: jax.Array
 
 
 def init_cache(cfg: DecoderConfig, batch: int, length: int) -> list[LayerCache]:
-  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
   zeros = lambda: jnp.zeros(shape, cfg.compute_dtype)
   return [LayerCache(zeros(), zeros()) for _ in range(cfg.num_layers)]
 
@@ -117,19 +120,20 @@ class Attention(nnx.Module):
     if cfg.family == "llama":
       inv = rope_frequencies(cfg)
       q, k = apply_rope(q, positions, inv), apply_rope(k, positions, inv)
-    k_all = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, 1)
-    v_all = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, 1)
-    s = k_all.shape[1]
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)            # [B, Hkv, T, Dh]
+    k_all = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, 2)
+    v_all = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, 2)
+    s = k_all.shape[2]
     # Grouped-query attention: G query heads share each kv head.
     g = cfg.num_heads // cfg.num_kv_heads
     qg = q.reshape(b, t, cfg.num_kv_heads, g, cfg.head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k_all).astype(jnp.float32)
+    scores = jnp.einsum("btkgd,bksd->bkgts", qg, k_all).astype(jnp.float32)
     scores = scores / math.sqrt(cfg.head_dim)
     q_slot = cache_index + jnp.arange(t)
     visible = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & kv_mask[:, None, :]  # [B,T,S]
     scores = jnp.where(visible[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_all.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_all).reshape(b, t, -1)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v_all).reshape(b, t, -1)
     return self.o(out), LayerCache(k_all, v_all)
 
 
@@ -192,9 +196,13 @@ class Decoder(nnx.Module):
       x, layer_cache = layer(x, positions, kv_mask, layer_cache, cache_index)
       new_cache.append(layer_cache)
     hidden = self.final_norm(x)
+    return self.logits(hidden), hidden, new_cache
+
+  def logits(self, hidden):
+    """The LM head: final hidden states [..., D] -> f32 logits [..., V]."""
+    cfg = self.cfg
     head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
-    logits = (hidden @ head.astype(cfg.compute_dtype)).astype(jnp.float32)
-    return logits, hidden, new_cache
+    return (hidden.astype(cfg.compute_dtype) @ head.astype(cfg.compute_dtype)).astype(jnp.float32)
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:

@@ -1,0 +1,250 @@
+"""train() and the eval table on tiny worlds: resume bit for bit (also after a crash), the NaN
+guard, config errors, and a world where PPO must learn which instruction makes the student right.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import tiny_world
+from wst_jax import train as train_lib, verifiers
+from wst_jax.eval import evaluate, trained_teacher_params
+from wst_jax.train import Setup, train
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def metrics_rows(workdir: Path) -> list[dict]:
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def comparable(row: dict) -> dict:
+  """A metrics row without what may differ between equal steps (timing, the sample texts that
+  are logged on the first step of every train() call)."""
+  return {k: v for k, v in row.items() if k not in ("step_time_s", "instructions")}
+
+
+def saved_state(workdir: Path, step: int) -> dict:
+  """The raw arrays of checkpoint `step` (the whole TrainState) by path."""
+  import jax
+  tree = ocp.StandardCheckpointer().restore((workdir / "checkpoints" / str(step) / "default")
+                                            .absolute())
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def assert_same_state(a: dict, b: dict):
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_compile_per_config():
+  """train() wraps a fresh `make_train_step(...)` in jax.jit on every call, so every call
+  compiles the step again (~15-30 s here). Calls with the same config (train.* aside) get the
+  same step function here, so XLA compiles it once per config for the module. Between steps
+  train() runs exactly as it does without this."""
+  real, cache = train_lib.make_train_step, {}
+
+  def cached(config, *args):
+    key = json.dumps({k: v for k, v in config.to_dict().items() if k not in ("train", "workdir")},
+                     sort_keys=True, default=str)
+    if key not in cache:
+      cache[key] = real(config, *args)
+    return cache[key]
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(train_lib, "make_train_step", cached)
+    yield
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("world")
+  paths = tiny_world.make(folder)
+  base = tiny_world.config(paths, folder / "unused")
+  tiny_world.use_gsm8k_files(base, folder, tiny_world.questions(48), tiny_world.questions(16, 1))
+  return base
+
+
+@pytest.fixture
+def probe_reward(monkeypatch):
+  """A reward that depends on the student's answers (the random student is never right)."""
+  monkeypatch.setattr(verifiers, "score", tiny_world.probe_score)
+
+
+def make_config(base, num_steps: int):
+  config = base.copy_and_resolve_references()
+  config.train.num_steps, config.train.checkpoint_every = num_steps, 2
+  return config
+
+
+@pytest.fixture(scope="module")
+def run_a(world, tmp_path_factory):
+  """The uninterrupted reference: 4 steps, checkpoints at 2 and 4."""
+  workdir = tmp_path_factory.mktemp("run_a")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(verifiers, "score", tiny_world.probe_score)
+    train(make_config(world, 4), workdir)
+  return workdir
+
+
+# ---------------------------------------------------------------------------- resume, NaN guard
+
+
+def test_resume_is_bit_for_bit(world, run_a, tmp_path, probe_reward):
+  rows_a = metrics_rows(run_a)
+  assert [r["step"] for r in rows_a] == [1, 2, 3, 4]
+  assert len({r["reward"] for r in rows_a}) > 1  # the probe reward does vary
+  b = tmp_path / "b"
+  train(make_config(world, 2), b)
+  assert ocp.CheckpointManager(b.absolute() / "checkpoints").latest_step() == 2
+  train(make_config(world, 4), b)  # resumes from the step-2 checkpoint
+  rows_b = metrics_rows(b)
+  assert [r["step"] for r in rows_b] == [1, 2, 3, 4]
+  assert [comparable(r) for r in rows_b] == [comparable(r) for r in rows_a]  # exact floats
+  assert_same_state(saved_state(b, 4), saved_state(run_a, 4))
+
+
+def test_crash_after_a_checkpoint_resumes_bit_for_bit(world, run_a, tmp_path, probe_reward):
+  c = tmp_path / "c"
+
+  def crash(step, metrics):
+    if step == 3:  # after the step-2 checkpoint, before the step-4 one
+      raise RuntimeError("simulated crash")
+
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    train(make_config(world, 4), c, on_step=crash)
+  assert ocp.CheckpointManager(c.absolute() / "checkpoints").latest_step() == 2
+  train(make_config(world, 4), c)
+  rows_a, rows_c = metrics_rows(run_a), metrics_rows(c)
+  # Step 3 was logged by the crashed run and again (from the step-2 checkpoint) by the resume.
+  assert [r["step"] for r in rows_c] == [1, 2, 3, 3, 4]
+  assert [comparable(r) for r in rows_c] == [comparable(rows_a[i]) for i in (0, 1, 2, 2, 3)]
+  assert_same_state(saved_state(c, 4), saved_state(run_a, 4))
+
+
+def test_nan_guard_names_step_and_checkpoint_and_keeps_the_last_good_one(world, run_a, tmp_path,
+                                                                          monkeypatch):
+  poisoned = []
+  monkeypatch.setattr(verifiers, "score", lambda task, text, gold: float("nan") if poisoned
+                      else tiny_world.probe_score(task, text, gold))
+  d = tmp_path / "d"
+  config = make_config(world, 4)
+  with pytest.raises(FloatingPointError) as err:
+    train(config, d, on_step=lambda step, m: poisoned.append(step) if step == 2 else None)
+  message = str(err.value)
+  assert message.startswith("step 3: non-finite ["), message
+  assert "'reward'" in message, message
+  assert f"{d / 'checkpoints'} (step 2)" in message, message
+  assert [r["step"] for r in metrics_rows(d)] == [1, 2]  # the bad step is not logged
+  params, step = trained_teacher_params(Setup(config), d)  # eval's loader restores it
+  assert step == 2
+  import jax
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+  assert_same_state(saved_state(d, 2), saved_state(run_a, 2))
+
+
+@pytest.mark.parametrize("field, value", [("ppo.advantage", "foo"), ("rollout.top_p", 0.0),
+                                          ("ppo.num_minibatches", 3),
+                                          ("task.name", "gsm9k")])
+def test_config_error_names_the_field(world, tmp_path, field, value):
+  config = make_config(world, 4)
+  section, key = field.split(".")
+  config[section][key] = value
+  with pytest.raises(ValueError, match=re.escape(f"config.{field}")):
+    train(config, tmp_path)
+  assert not (tmp_path / "checkpoints").exists()  # raised before anything was built
+
+
+# ------------------------------------------------------------- learning: the magic-word world
+
+STEPS = 30  # PPO steps allowed to find the magic phrase
+
+
+@pytest.fixture(scope="module")
+def magic_world(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("magic")
+  world = tiny_world.make_magic(folder)
+  config = tiny_world.config(world, folder / "unused")
+  questions = tiny_world.magic_questions()
+  tiny_world.use_gsm8k_files(config, folder, questions, questions[::2])
+  config.data.teacher_prompt_len, config.data.student_suffix_len = 32, 16
+  config.train.batch_size, config.train.num_steps = 16, STEPS
+  config.train.checkpoint_every = STEPS
+  config.optim.learning_rate, config.optim.warmup_steps = 1e-3, 1
+  config.eval.batch_size = len(questions[::2])
+  return config, world["checks"]
+
+
+def test_magic_world_is_what_it_claims(magic_world):
+  _, checks = magic_world
+  assert checks["student_magic"] >= 0.95, checks   # right after " Use the magic word."
+  assert checks["student_other"] == 1.0, checks    # "#### 0" after anything else
+  probs = checks["teacher_phrase_probs"]           # each phrase about equally likely
+  assert all(0.1 <= p <= 0.4 for p in probs) and sum(probs) >= 0.6, checks
+
+
+@pytest.fixture(scope="module")
+def magic_run(magic_world, tmp_path_factory):
+  config, _ = magic_world
+  workdir = tmp_path_factory.mktemp("magic_run")
+  train(config, workdir)
+  return config, workdir
+
+
+def reward_curve(workdir: Path) -> list[float]:
+  rows = metrics_rows(workdir)
+  assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+  return [r["reward"] for r in rows]
+
+
+def test_ppo_learns_the_magic_word(magic_run):
+  _, workdir = magic_run
+  rewards = reward_curve(workdir)
+  print("PPO reward per step:", [round(r, 2) for r in rewards])
+  assert len(rewards) == STEPS
+  assert rewards[0] <= 0.5, rewards  # the untrained teacher picks the magic phrase ~1/4 of times
+  assert np.mean(rewards[-5:]) >= 0.6, rewards
+  assert np.mean(rewards[-5:]) >= np.mean(rewards[:3]) + 0.3, rewards
+
+
+def test_grpo_learns_the_magic_word(magic_world, tmp_path):
+  config, _ = magic_world
+  config = config.copy_and_resolve_references()
+  config.ppo.advantage, config.ppo.group_size = "group", 4
+  config.train.batch_size = 4  # x 4 instructions per question: 16 rollouts per step
+  train(config, tmp_path)
+  rewards = reward_curve(tmp_path)
+  print("GRPO reward per step:", [round(r, 2) for r in rewards])
+  assert rewards[0] <= 0.5, rewards
+  assert np.mean(rewards[-5:]) >= 0.6, rewards
+
+
+def test_eval_table_after_training(magic_run):
+  config, workdir = magic_run
+  result = evaluate(config, workdir)
+  [table] = result["tables"]
+  rows = {r["source"][:3]: r for r in table["rows"]}
+  assert list(rows) == ["(a)", "(b)", "(c)", "(d)"], table["rows"]
+  assert rows["(d)"]["source"] == f"(d) WST teacher (step {STEPS})"
+  n = config.task.eval_size
+  assert all(r["n"] == n for r in rows.values())
+  out = workdir / "eval"
+  assert json.loads((out / "results.json").read_text())["tables"] == result["tables"]
+  assert len((out / "table.csv").read_text().strip().splitlines()) == 1 + 4
+  assert (out / "table.md").read_text().strip() == result["markdown"]
+  # No instruction and the human one get "#### 0" (always wrong here); the trained teacher beats
+  # the untrained one.
+  assert rows["(a)"]["mean"] == 0.0 and rows["(b)"]["mean"] == 0.0
+  assert rows["(c)"]["mean"] < 0.5
+  assert rows["(d)"]["mean"] >= rows["(c)"]["mean"] + 0.3, result["markdown"]
