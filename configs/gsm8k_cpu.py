@@ -31,16 +31,16 @@ def get_config(arg: str = ""):
 
   c.ppo.update(advantage="gae", gamma=1.0, lam=0.95, clip_eps=0.2, vf_coef=0.5, ent_coef=0.0,
                kl_coef=0.02, num_epochs=2, num_minibatches=2)
-  c.optim.update(learning_rate=3e-4, warmup_steps=5, decay_steps=80, final_lr_fraction=0.1,
+  c.optim.update(learning_rate=3e-4, warmup_steps=5, decay_steps=160, final_lr_fraction=0.1,
                  b2=0.99)
   c.mesh = dict(data=-1, fsdp=1, model=1)
-  c.train.update(batch_size=32, num_steps=80, checkpoint_every=20, keep_checkpoints=2)
+  c.train.update(batch_size=32, num_steps=160, checkpoint_every=40, keep_checkpoints=2)
   c.eval.update(batch_size=100)
   # Also evaluate on real GSM8K test questions (the student's prompt must fit: long questions
   # need a longer student_suffix_len there).
   c.eval.extra_tasks = [dict(
       task=dict(name="gsm8k", eval_path=str(ASSETS / "gsm8k" / "test.jsonl"), eval_size=200),
-      data=dict(student_suffix_len=256, teacher_prompt_len=272))]
+      data=dict(student_suffix_len=512, teacher_prompt_len=544))]
   if arg == "tiny":
     c.task.update(eval_size=16, max_train=64)
     c.train.update(batch_size=8, num_steps=4, checkpoint_every=2)
