@@ -30,8 +30,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.prompt = dict(teacher_template=TEACHER_TEMPLATE, student_prefix=STUDENT_PREFIX,
                   student_suffix=STUDENT_SUFFIX, human_instruction=HUMAN_INSTRUCTION)
   # retokenized_instruction_len: student-side instruction length when the vocabularies differ.
+  # question_len: a longer question (an HH-RLHF dialogue) keeps its last question_len student
+  # tokens (left truncation, count logged; 0 = never cut, an over-long prompt is an error).
   c.data = dict(teacher_prompt_len=128, student_suffix_len=128, gold_len=32, rm_prompt_len=256,
-                retokenized_instruction_len=32)
+                retokenized_instruction_len=32, question_len=0)
 
   c.rollout = dict(instruction_len=16, answer_len=64, temperature=1.0, top_k=0, top_p=1.0)
   c.reward = dict(kind="verifier", baseline="none", model_path="")

@@ -52,8 +52,10 @@ def dump_checkpoints(config, dumps: list[str]) -> None:
       raise FileNotFoundError(f"no checkpoint in {workdir}")
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     values = [v for _, v in flat]
-    if workdir != "init":  # restored: global arrays on the mesh (the initial ones are local)
-      values = multihost_utils.process_allgather(values, tiled=True)
+    # Weights loaded or restored onto a mesh that spans both processes are global arrays (the
+    # fresh value head of the initial teacher is local).
+    values = [v if v.is_fully_addressable else multihost_utils.process_allgather(v, tiled=True)
+              for v in values]
     if jax.process_index() == 0:
       arrays = {jax.tree_util.keystr(k): np.asarray(v) for (k, _), v in zip(flat, values)}
       np.savez(out, __step__=np.int64(step), **arrays)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from configs import common
@@ -207,3 +208,49 @@ def test_cli_prints_plan_and_exits_2_when_it_does_not_fit(tmp_path):
   refused = run("--device_memory_gib", str(10_000 / plan.GIB))
   assert refused.returncode == 2, refused.stderr[-3000:]
   assert "does not fit" in refused.stderr and "config.mesh.fsdp" in refused.stderr
+
+
+# ------------------------------------------------------------------ the check at the start of a run
+
+
+def fake_mesh(bytes_limit, n=2):
+  """A stand-in jax Mesh of n devices that report `bytes_limit` (None: no memory stats, as CPU)."""
+  from types import SimpleNamespace
+  stats = None if bytes_limit is None else {"bytes_limit": bytes_limit}
+  devices = np.array([SimpleNamespace(process_index=0, platform="gpu", memory_stats=lambda: stats)
+                      for _ in range(n)])
+  return SimpleNamespace(devices=devices, size=n)
+
+
+def test_run_check_uses_the_devices_memory_else_the_plan_block():
+  c = tiny_config(dict(data=1, fsdp=2, model=1), memory_gib=1.0)
+  paths = {"teacher": c.teacher.path, "student": c.student.path}
+  peak = plan.make_plan(c).peak
+  # The devices' own limit wins over config.plan.device_memory_gib, both ways.
+  with pytest.raises(plan.PlanError, match=r"bytes_limit.*XLA_PYTHON_CLIENT_MEM_FRACTION"):
+    plan.check_run(c, fake_mesh(peak), paths)  # 90% of the peak is usable
+  tight = tiny_config(dict(data=1, fsdp=2, model=1), memory_gib=1e-6)
+  assert plan.check_run(tight, fake_mesh(2 * peak), paths).fits
+  # No memory stats: config.plan.device_memory_gib.
+  with pytest.raises(plan.PlanError, match=r"config\.plan\.device_memory_gib"):
+    plan.check_run(tight, fake_mesh(None), paths)
+  assert plan.check_run(c, fake_mesh(None), paths).device_memory_gib == 1.0
+  # Neither (CPU, no plan block): nothing to check against.
+  bare = common.base_config()
+  bare.mesh = dict(data=2, fsdp=1, model=1)
+  assert plan.check_run(bare, fake_mesh(None), {}) is None
+
+
+def test_setup_refuses_a_config_that_does_not_fit_before_reading_anything(monkeypatch):
+  from wst_jax import checkpoints, train
+
+  def load_tokenizer(path):
+    raise AssertionError(f"read {path}")
+
+  monkeypatch.setattr(checkpoints, "load_tokenizer", load_tokenizer)
+  with pytest.raises(plan.PlanError, match="does not fit") as err:
+    train.Setup(tiny_config(memory_gib=1e-6))
+  assert "config.mesh.fsdp" in str(err.value)
+  # The same config with room passes the check and goes on to read the (absent) folders.
+  with pytest.raises(AssertionError, match="read /not/on/this/machine"):
+    train.Setup(tiny_config())

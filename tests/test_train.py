@@ -125,12 +125,24 @@ def test_crash_after_a_checkpoint_resumes_bit_for_bit(world, run_a, tmp_path, pr
   with pytest.raises(RuntimeError, match="simulated crash"):
     train(make_config(world, 4), c, on_step=crash)
   assert ocp.CheckpointManager(c.absolute() / "checkpoints").latest_step() == 2
+  crashed_rows = metrics_rows(c)
+  assert [r["step"] for r in crashed_rows] == [1, 2, 3]
   train(make_config(world, 4), c)
   rows_a, rows_c = metrics_rows(run_a), metrics_rows(c)
-  # Step 3 was logged by the crashed run and again (from the step-2 checkpoint) by the resume.
-  assert [r["step"] for r in rows_c] == [1, 2, 3, 3, 4]
-  assert [comparable(r) for r in rows_c] == [comparable(rows_a[i]) for i in (0, 1, 2, 2, 3)]
+  # Step 3 was logged by the crashed run; the resume (from the step-2 checkpoint) dropped that
+  # row and logged the step again: one row per step, as in the uninterrupted run.
+  assert [r["step"] for r in rows_c] == [1, 2, 3, 4]
+  assert [comparable(r) for r in rows_c] == [comparable(r) for r in rows_a]
+  assert rows_c[:2] == crashed_rows[:2]  # rows up to the checkpoint are kept as written
+  assert not (c / "metrics.jsonl.tmp").exists()
   assert_same_state(saved_state(c, 4), saved_state(run_a, 4))
+
+
+def test_rows_up_to_drops_later_and_torn_rows():
+  lines = ['{"step": 1}\n', '{"step": 2}\n', '{"step": 3}\n', '{"step": 3}\n', '{"st']
+  assert train_lib.rows_up_to(lines, 2) == lines[:2]
+  assert train_lib.rows_up_to(lines, 3) == lines[:4]
+  assert train_lib.rows_up_to(lines, 0) == []
 
 
 def test_nan_guard_names_step_and_checkpoint_and_keeps_the_last_good_one(world, run_a, tmp_path,

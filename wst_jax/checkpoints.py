@@ -3,20 +3,28 @@
 A folder holds `config.json`, `model.safetensors` (or shards + `model.safetensors.index.json`;
 `pytorch_model.bin` is read when torch is installed) and the tokenizer files. We never touch the
 network: `HF_HUB_OFFLINE=1` and `local_files_only=True` everywhere.
+
+Given a mesh, weights stream from the memory-mapped safetensors files straight into their
+shardings: every device reads only its own block of each tensor, so a 70B student loads onto
+devices that could not hold it whole (and the host never holds more than one tensor's blocks).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 from pathlib import Path
+from typing import Callable, Iterator, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from jax.sharding import Mesh, SingleDeviceSharding
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
+from wst_jax import sharding
 from wst_jax.models import Decoder, DecoderConfig, ScalarHeadLM
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,8 +50,21 @@ def load_config(model_dir, **overrides) -> DecoderConfig:
   return DecoderConfig.from_hf(json.loads(path.read_text()), source=str(path), **overrides)
 
 
-def read_tensors(model_dir) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """All tensors of a folder as host arrays, and the file each came from (for errors)."""
+class Tensor(NamedTuple):
+  """A checkpoint tensor not read yet: `read(index)` (a tuple of slices, HF layout) reads only
+  that block -> np.ndarray in the file's dtype."""
+  file: str                  # the file it is in, for errors
+  shape: tuple[int, ...]     # HF layout
+  read: Callable[[tuple], np.ndarray]
+
+
+@contextlib.contextmanager
+def open_tensors(model_dir) -> Iterator[dict[str, Tensor]]:
+  """All tensors of a folder by HF key, read lazily while the context is open.
+
+  safetensors files are memory-mapped (a block read touches only its bytes); a legacy
+  `pytorch_model.bin` is read whole into host memory first.
+  """
   folder = _folder(model_dir)
   index = folder / "model.safetensors.index.json"
   if index.is_file():
@@ -53,18 +74,23 @@ def read_tensors(model_dir) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   elif (folder / "pytorch_model.bin").is_file():
     import torch  # optional: only for legacy .bin checkpoints
     sd = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    return ({k: v.float().numpy() for k, v in sd.items()},
-            {k: "pytorch_model.bin" for k in sd})
+    arrays = {k: v.float().numpy() for k, v in sd.items()}
+    yield {k: Tensor("pytorch_model.bin", a.shape, a.__getitem__) for k, a in arrays.items()}
+    return
   else:
     raise FileNotFoundError(f"{folder}: no model.safetensors, model.safetensors.index.json or "
                             "pytorch_model.bin.")
-  tensors, origin = {}, {}
-  for name in files:
-    if not (folder / name).is_file():
-      raise FileNotFoundError(f"{folder / name}: listed in model.safetensors.index.json but missing.")
-    for key, value in load_file(folder / name).items():
-      tensors[key], origin[key] = value, name
-  return tensors, origin
+  with contextlib.ExitStack() as stack:
+    tensors = {}
+    for name in files:
+      if not (folder / name).is_file():
+        raise FileNotFoundError(f"{folder / name}: listed in model.safetensors.index.json but "
+                                "missing.")
+      f = stack.enter_context(safe_open(folder / name, framework="np"))
+      for key in f.keys():
+        block = f.get_slice(key)
+        tensors[key] = Tensor(name, tuple(block.get_shape()), block.__getitem__)
+    yield tensors
 
 
 def hf_layout(cfg: DecoderConfig) -> list[tuple[str, str, str]]:
@@ -113,16 +139,38 @@ def hf_layout(cfg: DecoderConfig) -> list[tuple[str, str, str]]:
   return entries
 
 
-def _to_ours(x: np.ndarray, transform: str) -> np.ndarray:
+def _read_block(tensor: Tensor, transform: str, index: tuple, shape) -> np.ndarray:
+  """Block `index` (slices in our layout) of our parameter of `shape`, read from the checkpoint
+  tensor it comes from and put in our layout (see `hf_layout` for the transforms)."""
   if transform == "T":
-    return x.T
-  if transform.startswith("qkv"):
-    return np.split(x, 3, axis=-1)[int(transform[3])]
-  return x
+    return tensor.read(index[::-1]).T
+  if transform.startswith("qkv"):  # block of third j of the fused last axis
+    n, j = shape[-1], int(transform[3])
+    start, stop, _ = index[-1].indices(n)
+    return tensor.read((*index[:-1], slice(j * n + start, j * n + stop)))
+  return tensor.read(index)
+
+
+def _place(tensor: Tensor, transform: str, var: nnx.Variable, mesh: Mesh | None) -> jax.Array:
+  """Our parameter `var` (abstract) as a jax.Array where the run keeps it: sharded by its logical
+  axes on `mesh`, each device filled with only its own block read from the file; mesh None:
+  whole on the default device."""
+  shape, dtype = tuple(var.shape), var.dtype
+  where = (sharding.variable_sharding(var, mesh) if mesh is not None
+           else SingleDeviceSharding(jax.local_devices()[0]))
+  blocks = {}  # devices that replicate a block (e.g. over "data") share one read
+
+  def block(index):
+    key = tuple(s.indices(n) for s, n in zip(index, shape))
+    if key not in blocks:
+      blocks[key] = np.asarray(_read_block(tensor, transform, index, shape), dtype)
+    return blocks[key]
+
+  return jax.make_array_from_callback(shape, where, block)
 
 
 def _hf_shape(shape, transform: str) -> tuple[int, ...]:
-  """Inverse of `_to_ours` on shapes: the checkpoint shape our parameter shape implies."""
+  """The checkpoint shape our parameter shape implies under `transform`."""
   shape = tuple(shape)
   if transform == "T":
     return shape[::-1]
@@ -144,33 +192,38 @@ def _param_paths(module: nnx.Module) -> dict[str, nnx.Variable]:
           for path, var in nnx.to_flat_state(nnx.state(module, nnx.Param))}
 
 
-def load_decoder(model_dir, *, extra_keys: dict[str, str] | None = None, **overrides) -> Decoder:
+def load_decoder(model_dir, *, extra_keys: dict[str, str] | None = None, mesh: Mesh | None = None,
+                 **overrides) -> Decoder:
   """Builds our Decoder from a local HF folder. Overrides go to the config (dtype, param_dtype).
 
   Every decoder weight must be present with the right shape, and every checkpoint tensor must be
   used (buffers aside), else ValueError naming the file and key. `extra_keys` (our path -> HF key)
-  lets a caller claim more tensors, e.g. a classification head.
+  lets a caller claim more tensors, e.g. a classification head. With `mesh`, every weight is
+  sharded by its logical axes (`sharding.variable_sharding`) as it is read; else it goes whole to
+  the default device.
   """
-  model, _ = _load(Decoder, model_dir, extra_keys or {}, **overrides)
+  with open_tensors(model_dir) as tensors:
+    model, _ = _load(Decoder, model_dir, tensors, extra_keys or {}, mesh, **overrides)
   return model
 
 
-def load_reward_model(model_dir, **overrides) -> ScalarHeadLM:
+def load_reward_model(model_dir, *, mesh: Mesh | None = None, **overrides) -> ScalarHeadLM:
   """A HF `*ForSequenceClassification` folder (num_labels=1) as decoder + scalar head.
 
   Those checkpoints have no `lm_head.weight`: an untied config (Llama's default) is then loaded
   with the LM head tied to the embeddings (a reward model's LM logits are never used).
+  `mesh` as in `load_decoder`.
   """
-  model, _ = _load(ScalarHeadLM, model_dir, {"head.kernel": "score.weight"},
-                   lm_head_optional=True, **overrides)
+  with open_tensors(model_dir) as tensors:
+    model, _ = _load(ScalarHeadLM, model_dir, tensors, {"head.kernel": "score.weight"}, mesh,
+                     lm_head_optional=True, **overrides)
   return model
 
 
-def _load(cls, model_dir, extra: dict[str, str], lm_head_optional=False, **overrides):
+def _load(cls, model_dir, tensors: dict[str, Tensor], extra: dict[str, str], mesh: Mesh | None,
+          lm_head_optional=False, **overrides):
   cfg = load_config(model_dir, **overrides)
-  tensors, origin = read_tensors(model_dir)
   tensors = _strip_prefix(tensors, cfg)
-  origin = _strip_prefix(origin, cfg)
   if lm_head_optional and not cfg.tie_word_embeddings and "lm_head.weight" not in tensors:
     cfg = cfg.replace(tie_word_embeddings=True)
   model = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
@@ -184,13 +237,12 @@ def _load(cls, model_dir, extra: dict[str, str], lm_head_optional=False, **overr
     if hf not in tensors:
       raise ValueError(f"{folder}: checkpoint has no tensor {hf!r} (needed for {ours}); "
                        f"model_type={cfg.model_type!r}, {len(tensors)} tensors found.")
-    value = _to_ours(tensors[hf], transform)
-    var = params[ours]
-    if tuple(value.shape) != tuple(var.shape):
-      raise ValueError(f"{folder / origin[hf]}: tensor {hf!r} has shape {tuple(tensors[hf].shape)}, "
+    tensor, var = tensors[hf], params[ours]
+    if tensor.shape != _hf_shape(var.shape, transform):
+      raise ValueError(f"{folder / tensor.file}: tensor {hf!r} has shape {tensor.shape}, "
                        f"but config.json implies {_hf_shape(var.shape, transform)} "
                        f"(our {ours} is {tuple(var.shape)}, transform {transform!r}).")
-    var.set_value(jnp.asarray(value, var.dtype))
+    var.set_value(_place(tensor, transform, var, mesh))
     used.add(hf)
   unused = [k for k in tensors if k not in used and not _IGNORED.search(k)
             and not (k == "lm_head.weight" and cfg.tie_word_embeddings)]
@@ -203,12 +255,9 @@ def _load(cls, model_dir, extra: dict[str, str], lm_head_optional=False, **overr
   return model, cfg
 
 
-def save_decoder(model: Decoder, model_dir, tokenizer=None) -> Path:
-  """Writes `model` as a HF folder (config.json + model.safetensors [+ tokenizer files]) that
-  both `load_decoder` and transformers' `AutoModelForCausalLM` read."""
+def _hf_tensors(model: Decoder) -> dict[str, np.ndarray]:
+  """Our decoder's params under their HF names and layouts (the inverse of `_load`)."""
   cfg = model.cfg
-  folder = Path(model_dir)
-  folder.mkdir(parents=True, exist_ok=True)
   params = {k: np.asarray(v.get_value()) for k, v in _param_paths(model).items()}
   hf, fused = {}, {}
   for ours, key, transform in hf_layout(cfg):
@@ -219,11 +268,36 @@ def save_decoder(model: Decoder, model_dir, tokenizer=None) -> Path:
   hf.update({k: np.concatenate(parts, axis=-1) for k, parts in fused.items()})
   if cfg.family == "gpt2":
     hf = {"transformer." + k: v for k, v in hf.items()}
-  save_file({k: np.ascontiguousarray(v) for k, v in hf.items()}, folder / "model.safetensors")
-  (folder / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2))
+  return hf
+
+
+def _write(model_dir, tensors: dict[str, np.ndarray], hf_config: dict, tokenizer) -> Path:
+  folder = Path(model_dir)
+  folder.mkdir(parents=True, exist_ok=True)
+  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, folder / "model.safetensors")
+  (folder / "config.json").write_text(json.dumps(hf_config, indent=2))
   if tokenizer is not None:
     tokenizer.save_pretrained(folder)
   return folder
+
+
+def save_decoder(model: Decoder, model_dir, tokenizer=None) -> Path:
+  """Writes `model` as a HF folder (config.json + model.safetensors [+ tokenizer files]) that
+  both `load_decoder` and transformers' `AutoModelForCausalLM` read."""
+  return _write(model_dir, _hf_tensors(model), model.cfg.to_hf(), tokenizer)
+
+
+def save_reward_model(model: ScalarHeadLM, model_dir, tokenizer=None) -> Path:
+  """Writes `model` as a HF `*ForSequenceClassification` folder with one label (`score.weight`,
+  no LM head) that both `load_reward_model` and transformers'
+  `AutoModelForSequenceClassification` read."""
+  tensors = {k: v for k, v in _hf_tensors(model.lm).items() if k != "lm_head.weight"}
+  tensors["score.weight"] = np.asarray(model.head.kernel.get_value()).T   # [1, D]
+  hf = model.lm.cfg.to_hf()
+  hf["architectures"] = [re.sub(r"(LMHeadModel|ForCausalLM)$", "ForSequenceClassification",
+                                hf["architectures"][0])]
+  hf.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+  return _write(model_dir, tensors, hf, tokenizer)
 
 
 def load_tokenizer(model_dir):

@@ -35,6 +35,9 @@ def validate(config) -> None:
   for field in UNIT_INTERVAL:
     if not 0 < _get(config, field) <= 1:
       raise ValueError(f"config.{field}={_get(config, field)!r} must be in (0, 1].")
+  if _get(config, "data.question_len") < 0:
+    raise ValueError(f"config.data.question_len={config.data.question_len} must be >= 0 "
+                     "(0 = never cut a question).")
   if config.rollout.top_k < 0:
     raise ValueError(f"config.rollout.top_k={config.rollout.top_k} must be >= 0 (0 = off).")
   rows = config.train.batch_size * (config.ppo.group_size if config.ppo.advantage == "group" else 1)

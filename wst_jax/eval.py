@@ -149,7 +149,7 @@ def trained_teacher_params(setup, workdir: Path):
 
 def larger_teacher(setup, path):
   """A different (e.g. larger) local teacher LM: same tokenizer, no value head needed."""
-  lm = checkpoints.load_decoder(path, **setup.config.teacher.dtypes)
+  lm = checkpoints.load_decoder(path, mesh=setup.mesh, **setup.config.teacher.dtypes)
   teacher = ScalarHeadLM(lm.cfg, rngs=nnx.Rngs(0), lm=lm)
   return nnx.split(teacher, nnx.Param)
 
@@ -184,9 +184,11 @@ def table_rows(setup, arrays, sources, config) -> tuple[list[dict], dict]:
                      ci_low=lo, ci_high=hi))
     if source == "teacher":
       instructions[name] = top_instructions(result.instructions, result.rewards)
+  # A relative change is only meaningful against a positive baseline (a reward-model score can
+  # be <= 0); the table shows "—" then.
   base = rows[0]["mean"]
   for r in rows:
-    r["relative_improvement_pct"] = (None if r is rows[0] or base == 0
+    r["relative_improvement_pct"] = (None if r is rows[0] or base <= 0
                                      else 100.0 * (r["mean"] - base) / base)
   return rows, instructions
 

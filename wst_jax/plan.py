@@ -17,7 +17,9 @@ machine (paper scale), from `config.plan.teacher` / `.student` / `.reward_model`
 config.json fields. `config.plan.device_memory_gib` is the default device memory.
 
 A config whose peak does not fit in USABLE_FRACTION of the device memory is refused: the error
-names the config fields that shrink the largest items, and the CLI exits with code 2.
+names the config fields that shrink the largest items, and the CLI exits with code 2. A run
+(train.Setup, through `check_run`) is refused the same way before any weights are read, planned
+on its real devices' memory.
 
 Peak = resident (params, optimizer state) + the largest phase of the step:
   sampling  teacher KV cache + one layer's transient over the prompt (attention scores, MLP);
@@ -75,6 +77,7 @@ class Plan:
   device_memory_gib: float
   items: tuple[Item, ...]
   models: dict[str, DecoderConfig]
+  memory_source: str = "--device-memory-gib"  # where device_memory_gib came from, for errors
 
   def phase(self, name: str) -> int:
     return sum(i.per_device for i in self.items if i.phase == name)
@@ -105,18 +108,24 @@ def fix_params(config, role: str) -> str:
                      if dtypes.get("param_dtype", "float32") == "float32" else "")
 
 
-def model_config(config, role: str) -> DecoderConfig:
-  """role: "teacher" | "student" | "reward_model"; from the folder's config.json or config.plan."""
-  path, dtypes = {"teacher": (config.teacher.path, config.teacher.dtypes.to_dict()),
-                  "student": (config.student.path, config.student.dtypes.to_dict()),
-                  # Setup loads the reward model without dtype overrides.
-                  "reward_model": (config.reward.model_path, {})}[role]
+def model_config(config, role: str, paths: dict | None = None) -> DecoderConfig:
+  """role: "teacher" | "student" | "reward_model"; from the folder's config.json or config.plan.
+
+  paths: the run's resolved folders by role (train.Setup), used in place of the config's paths
+  (e.g. "pretrained:student" -> its cached folder)."""
+  path, overrides = {
+      "teacher": (config.teacher.path, config.teacher.dtypes.to_dict()),
+      "student": (config.student.path, config.student.dtypes.to_dict()),
+      # Setup loads the reward model without dtype overrides; a *ForSequenceClassification
+      # checkpoint has no LM head, so checkpoints.load_reward_model ties it to the embeddings.
+      "reward_model": (config.reward.model_path, dict(tie_word_embeddings=True))}[role]
+  path = (paths or {}).get(role, path)
   if path and not str(path).startswith("pretrained:") and (Path(path) / "config.json").is_file():
-    return checkpoints.load_config(path, **dtypes)
+    return checkpoints.load_config(path, **overrides)
   plan = config.get("plan") or {}
   plan = plan.to_dict() if hasattr(plan, "to_dict") else dict(plan)
   if role in plan:
-    return DecoderConfig.from_hf(dict(plan[role]), source=f"config.plan.{role}", **dtypes)
+    return DecoderConfig.from_hf(dict(plan[role]), source=f"config.plan.{role}", **overrides)
   field = "reward.model_path" if role == "reward_model" else f"{role}.path"
   raise PlanError(f"config.{field}={str(path)!r} has no config.json on this machine; add "
                   f"config.plan.{role} = dict(model_type=..., hidden_size=..., ...) with the HF "
@@ -242,17 +251,24 @@ def plan_devices(config, devices: int | None) -> int:
   return math.prod(sizes.values())
 
 
-def make_plan(config, devices: int | None = None,
-              device_memory_gib: float | None = None) -> Plan:
-  """Builds the per-device memory plan (no arrays allocated, no weights read)."""
+def make_plan(config, devices: int | None = None, device_memory_gib: float | None = None, *,
+              memory_source: str = "--device-memory-gib", paths: dict | None = None) -> Plan:
+  """Builds the per-device memory plan (no arrays allocated, no weights read).
+
+  device_memory_gib None: config.plan.device_memory_gib, else DEFAULT_DEVICE_MEMORY_GIB;
+  memory_source names where a given value came from. paths: as in `model_config`.
+  """
   from wst_jax.train import optimizer  # the run's AdamW: its state shapes and dtypes
   validate(config)
   sizes = sharding.mesh_sizes(config.mesh.to_dict(), plan_devices(config, devices))
   mesh = AbstractMesh(tuple(sizes.values()), tuple(sizes))
   plan_cfg = config.get("plan") or {}
   if device_memory_gib is None:
+    given = "device_memory_gib" in plan_cfg
     device_memory_gib = float(plan_cfg.get("device_memory_gib", DEFAULT_DEVICE_MEMORY_GIB))
-  teacher_cfg, student_cfg = model_config(config, "teacher"), model_config(config, "student")
+    memory_source = "config.plan.device_memory_gib" if given else "the default (TPU v5e)"
+  teacher_cfg = model_config(config, "teacher", paths)
+  student_cfg = model_config(config, "student", paths)
   models = {"teacher": teacher_cfg, "student": student_cfg}
   items = []
 
@@ -270,7 +286,7 @@ def make_plan(config, devices: int | None = None,
   add("student params", "resident", tree_bytes(student, mesh),
       f"{human_count(count(student))} x {student_cfg.param_dtype}", fix_params(config, "student"))
   if config.reward.kind == "reward_model":
-    rm_cfg = model_config(config, "reward_model")
+    rm_cfg = model_config(config, "reward_model", paths)
     models["reward_model"] = rm_cfg
     rm = abstract_params(ScalarHeadLM, rm_cfg)
     add("reward model params", "resident", tree_bytes(rm, mesh),
@@ -329,7 +345,7 @@ def make_plan(config, devices: int | None = None,
       ppo_activation_bytes(teacher_cfg, minibatch, data.teacher_prompt_len,
                            rollout.instruction_len, mesh),
       f"estimate, {minibatch} rows/minibatch x {teacher_len} tokens, no remat", FIX_ACTIVATIONS)
-  return Plan(sizes, device_memory_gib, tuple(items), models)
+  return Plan(sizes, device_memory_gib, tuple(items), models, memory_source)
 
 
 def count(params) -> int:
@@ -348,8 +364,38 @@ def check_fits(plan: Plan) -> None:
   raise PlanError(
       f"this config does not fit: peak {gib(plan.peak)} per device (resident "
       f"{gib(plan.phase('resident'))} + {phase} {gib(plan.phases[phase])}) > {gib(plan.usable)} "
-      f"usable ({USABLE_FRACTION:.0%} of --device-memory-gib={plan.device_memory_gib:g}) on "
-      f"mesh {plan.mesh}. Largest:\n{lines}")
+      f"usable ({USABLE_FRACTION:.0%} of {plan.device_memory_gib:g} GiB, from "
+      f"{plan.memory_source}) on mesh {plan.mesh}. Largest:\n{lines}")
+
+
+def device_memory_gib(devices) -> float | None:
+  """The smallest memory limit XLA reports for `devices` (GPU: total x
+  XLA_PYTHON_CLIENT_MEM_FRACTION, 0.75 by default; TPU: HBM), or None where the backend reports
+  none (CPU)."""
+  limits = [(d.memory_stats() or {}).get("bytes_limit") for d in devices]
+  return min(limits) / GIB if limits and all(limits) else None
+
+
+def check_run(config, mesh, paths: dict) -> Plan | None:
+  """Refuses (PlanError) a run whose plan does not fit, before any weights are read.
+
+  mesh: the run's jax.sharding.Mesh; paths: its resolved model folders by role (their
+  config.json wins over config.plan). The memory is this process's devices' own limit where the
+  backend reports one, else config.plan.device_memory_gib; with neither (CPU, no plan block)
+  there is nothing to check against and this returns None.
+  """
+  local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+  memory = device_memory_gib(local)
+  if memory is None and not config.get("plan"):
+    return None
+  if memory is None:
+    plan = make_plan(config, mesh.size, paths=paths)
+  else:
+    plan = make_plan(config, mesh.size, memory, paths=paths, memory_source=(
+        f"the {local[0].platform.upper()} devices' memory_stats()['bytes_limit']; on GPU raise "
+        "XLA_PYTHON_CLIENT_MEM_FRACTION"))
+  check_fits(plan)
+  return plan
 
 
 def gib(n: int) -> str:

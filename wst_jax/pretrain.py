@@ -15,13 +15,10 @@ config, the problem generator's version and the data files read; a second call r
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
-import shutil
 import time
-import uuid
 from pathlib import Path
 
 import jax
@@ -31,7 +28,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from wst_jax import checkpoints
+from wst_jax import cache, checkpoints
 from wst_jax import tokenizer as tokens
 from wst_jax.data import synthetic
 from wst_jax.data.batches import left_pad
@@ -200,19 +197,20 @@ def target_loss(graphdef, params, batch) -> jax.Array:
   return jnp.sum(nll * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def train_step(graphdef, tx, params, opt_state, batch):
-  """One AdamW step on target_loss: -> (params, opt_state, loss)."""
-  loss, grads = jax.value_and_grad(functools.partial(target_loss, graphdef))(params, batch)
+def train_step(loss_fn, graphdef, tx, params, opt_state, batch):
+  """One AdamW step on loss_fn(graphdef, params, batch): -> (params, opt_state, loss)."""
+  loss, grads = jax.value_and_grad(functools.partial(loss_fn, graphdef))(params, batch)
   updates, opt_state = tx.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state, loss
 
 
-def fit(model: Decoder, batches: list[dict[str, np.ndarray]], optim, desc: str) -> list[float]:
-  """Trains `model` in place, one AdamW step per batch (one compilation per batch shape);
-  -> the loss of every step."""
+def fit(model: nnx.Module, batches: list[dict[str, np.ndarray]], optim, desc: str,
+        loss_fn=target_loss) -> list[float]:
+  """Trains `model` in place, one AdamW step of `loss_fn(graphdef, params, batch) -> f32[]` per
+  batch (one compilation per batch shape); -> the loss of every step."""
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer(optim, len(batches))
-  step = jax.jit(functools.partial(train_step, graphdef, tx), donate_argnums=(0, 1))
+  step = jax.jit(functools.partial(train_step, loss_fn, graphdef, tx), donate_argnums=(0, 1))
   opt_state = tx.init(params)
   losses = []
   bar = tqdm(batches, desc=desc)
@@ -263,38 +261,19 @@ def build(config, folder: Path) -> None:
   (folder / "pretrain.json").write_text(json.dumps(report, indent=2))
 
 
-def _file_hash(path: str) -> str:
-  return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else ""
-
-
 def cache_key(config) -> str:
   """Hash of everything the built models depend on: the config (cache_dir aside), the problem
   generator's version and the contents of the data files read."""
   content = {k: v for k, v in config.to_dict().items() if k != "cache_dir"}
-  blob = json.dumps({"config": content, "generator": synthetic.GENERATOR_VERSION,
-                     "gsm8k": _file_hash(config.tokenizer.gsm8k_path)}, sort_keys=True)
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+  return cache.content_key({"config": content, "generator": synthetic.GENERATOR_VERSION,
+                            "gsm8k": cache.file_hash(config.tokenizer.gsm8k_path)})
 
 
 def ensure_pretrained(config) -> dict[str, Path]:
-  """-> {"teacher", "student", "tokenizer"}: HF folders under config.cache_dir, built once.
-
-  The build goes to a temporary folder that is renamed into place when complete, so a crash never
-  leaves a half-built cache entry; when two processes race, the first rename wins.
-  """
-  root = Path(config.cache_dir).expanduser() / "pretrained"
-  final = root / cache_key(config)
-  if not (final / "pretrain.json").is_file():
-    tmp = root / f".{final.name}.tmp-{uuid.uuid4().hex}"
-    tmp.mkdir(parents=True)
-    try:
-      build(config, tmp)
-      os.replace(tmp, final)
-    except OSError:
-      if not (final / "pretrain.json").is_file():
-        raise
-    finally:
-      shutil.rmtree(tmp, ignore_errors=True)
+  """-> {"teacher", "student", "tokenizer"}: HF folders under config.cache_dir, built once
+  (atomically: see `cache.build_once`)."""
+  final = Path(config.cache_dir).expanduser() / "pretrained" / cache_key(config)
+  cache.build_once(final, "pretrain.json", lambda folder: build(config, folder))
   return {role: final / role for role in ("teacher", "student", "tokenizer")}
 
 

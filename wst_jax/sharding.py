@@ -66,12 +66,15 @@ def spec_for(shape, axes, mesh: Mesh, rules=DEFAULT_RULES) -> P:
   return P(*out)
 
 
+def variable_sharding(var: nnx.Variable, mesh: Mesh, rules=DEFAULT_RULES) -> NamedSharding:
+  """Where a Variable (concrete or abstract) lives on `mesh`, from its `axes` metadata."""
+  return NamedSharding(mesh, spec_for(var.shape, var.get_metadata().get("axes"), mesh, rules))
+
+
 def state_shardings(state: nnx.State, mesh: Mesh, rules=DEFAULT_RULES):
   """NamedShardings for every Variable of `state`, from its `axes` metadata."""
-  def one(var):
-    axes = var.get_metadata().get("axes")
-    return var.replace(NamedSharding(mesh, spec_for(var.shape, axes, mesh, rules)))
-  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return jax.tree.map(lambda var: var.replace(variable_sharding(var, mesh, rules)), state,
+                      is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def batch_sharding(mesh: Mesh, rules=DEFAULT_RULES) -> NamedSharding:

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from wst_jax import checkpoints, distributed, rewards, sharding
+from wst_jax import checkpoints, distributed, plan, rewards, sharding
 from wst_jax.config_checks import validate
 from wst_jax.data import batches
 from wst_jax.models import ScalarHeadLM
@@ -58,11 +58,20 @@ class Setup:
     self.config = config
     self.mesh = sharding.make_mesh(config.mesh.to_dict())
     self.paths = resolve_model_paths(config)
+    if config.reward.kind == "reward_model":
+      self.paths["reward_model"] = Path(self._reward_model_path())
+    # A config that cannot fit is refused here, before any weights are read.
+    memory_plan = plan.check_run(config, self.mesh, self.paths)
+    if memory_plan is not None and jax.process_index() == 0:
+      logging.info("%s", plan.format_plan(memory_plan))
     self.teacher_tokenizer = checkpoints.load_tokenizer(self.paths["teacher"])
     self.tokenizer = checkpoints.load_tokenizer(self.paths["student"])  # answers, rewards
     self.rollout = Rollout.from_config(config, self.teacher_tokenizer, self.tokenizer, self.mesh)
-    teacher_lm = checkpoints.load_decoder(self.paths["teacher"], **config.teacher.dtypes)
-    student = checkpoints.load_decoder(self.paths["student"], **config.student.dtypes)
+    # Each weight is read straight into its sharding: no device holds a whole sharded weight.
+    teacher_lm = checkpoints.load_decoder(self.paths["teacher"], mesh=self.mesh,
+                                          **config.teacher.dtypes)
+    student = checkpoints.load_decoder(self.paths["student"], mesh=self.mesh,
+                                       **config.student.dtypes)
     teacher = ScalarHeadLM(teacher_lm.cfg, rngs=nnx.Rngs(config.seed), lm=teacher_lm)
     teacher_def, teacher_params = nnx.split(teacher, nnx.Param)
     reference_def, reference_params = nnx.split(teacher_lm, nnx.Param)
@@ -73,15 +82,13 @@ class Setup:
                    "student": student_params}
     self.reward_fn = self._reward_fn()
     self.teacher_params = teacher_params
-    self.shard = lambda tree: jax.device_put(tree, sharding.state_shardings(tree, self.mesh))
-    self.frozen = {k: self.shard(v) for k, v in self.frozen.items()}
     self.task = load_task(config.task, config.seed)
 
   def _reward_fn(self):
     reward = self.config.reward
     if reward.kind == "verifier":
       return rewards.verifier_reward(self.config.task.verifier, self.tokenizer, self.mesh)
-    model = checkpoints.load_reward_model(self._reward_model_path())
+    model = checkpoints.load_reward_model(self.paths["reward_model"], mesh=self.mesh)
     rm_def, rm_params = nnx.split(model, nnx.Param)
     self.frozen["reward_model"] = rm_params
     return rewards.reward_model_reward(rm_def)
@@ -134,15 +141,32 @@ def restore_or_init(mngr, state, shardings):
   return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
-class MetricWriter:
-  """metrics.jsonl + TensorBoard, process 0 only."""
+def rows_up_to(lines: list[str], step: int) -> list[str]:
+  """The metrics.jsonl lines (with their newlines) of steps <= `step`. Later rows were logged by a
+  run that stopped before its next checkpoint; the resumed run logs those steps again. A torn
+  last line (no newline: a crash mid-write) is dropped too."""
+  return [line for line in lines if line.endswith("\n") and json.loads(line)["step"] <= step]
 
-  def __init__(self, workdir: Path):
+
+class MetricWriter:
+  """metrics.jsonl + TensorBoard, process 0 only; on resume from checkpoint `start_step`, what
+  was logged after it is dropped (one row per step, whatever crashed in between)."""
+
+  def __init__(self, workdir: Path, start_step: int):
     self.enabled = jax.process_index() == 0
     if self.enabled:
       from tensorboardX import SummaryWriter
-      self.jsonl = open(workdir / "metrics.jsonl", "a")
-      self.tb = SummaryWriter(str(workdir / "tensorboard"))
+      path = workdir / "metrics.jsonl"
+      if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)
+        kept = rows_up_to(lines, start_step)
+        if kept != lines:  # write aside, then rename: a crash here leaves the old or new file
+          tmp = path.with_name(path.name + ".tmp")
+          tmp.write_text("".join(kept))
+          tmp.replace(path)
+      self.jsonl = open(path, "a")
+      # TensorBoard hides the events of steps >= purge_step that earlier runs wrote.
+      self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1)
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:
@@ -178,8 +202,8 @@ def train(config, workdir, on_step=None) -> dict:
   rep = sharding.replicated(setup.mesh)
   step_fn = jax.jit(make_train_step(config, setup.rollout, setup.roles, tx, setup.reward_fn),
                     donate_argnums=0, out_shardings=(shardings, rep, rep))
-  writer = MetricWriter(workdir)
   start, total = int(state.step), config.train.num_steps
+  writer = MetricWriter(workdir, start)
   n = len(train_arrays["teacher_prompt"])
   last = {}
   bar = tqdm(range(start, total), initial=start, total=total, desc="WST train",

@@ -2,8 +2,11 @@
 
 Every prompt is tokenized segment by segment (the way the step concatenates ids in-jit) and
 left-padded to a length from the config; a prompt that does not fit is an error naming the field.
+Long questions (HH-RLHF dialogues) can first be cut to their last data.question_len tokens.
 """
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
@@ -28,9 +31,36 @@ def left_pad(rows: list[list[int]], length: int, pad_id: int, field: str):
   return ids, mask
 
 
+def truncate_questions(examples: list[dict], tokenizer, max_tokens: int) -> tuple[list[dict], int]:
+  """Each question longer than `max_tokens` tokens of `tokenizer` keeps its last tokens, at most
+  `max_tokens` once re-encoded (left truncation: a dialogue keeps its latest turns, the ones the
+  answer continues). Cut as text, so every prompt template and tokenizer sees the same dialogue.
+  max_tokens 0: no cut.
+
+  -> (examples, how many were cut); the count is logged, no example is dropped.
+  """
+  if not max_tokens:
+    return examples, 0
+  out, cut = [], 0
+  decode = lambda ids: tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+  for e in examples:
+    ids = segment_ids(tokenizer, e["question"])
+    if len(ids) > max_tokens:
+      keep = max_tokens
+      while len(segment_ids(tokenizer, decode(ids[-keep:]))) > max_tokens:
+        keep -= 1  # a cut inside a character re-encodes to more tokens
+      e, cut = dict(e, question=decode(ids[-keep:])), cut + 1
+    out.append(e)
+  if cut:
+    logging.info("%d of %d questions are longer than config.data.question_len=%d tokens: each "
+                 "keeps its last ones (left truncation).", cut, len(examples), max_tokens)
+  return out, cut
+
+
 def encode_examples(examples: list[dict], teacher_tokenizer, student_tokenizer,
                     config) -> dict[str, np.ndarray]:
-  """The step's inputs for each example (leading axis N):
+  """The step's inputs for each example (leading axis N), questions first cut to their last
+  data.question_len student tokens (`truncate_questions`):
 
   teacher_prompt/_mask int32/bool[N, data.teacher_prompt_len]: the teacher's meta-prompt
   (teacher ids); student_suffix/_mask [N, data.student_suffix_len]: the question part of the
@@ -40,6 +70,7 @@ def encode_examples(examples: list[dict], teacher_tokenizer, student_tokenizer,
   """
   prompt, data = config.prompt, config.data
   tokenizer, pad = student_tokenizer, student_tokenizer.pad_token_id
+  examples, _ = truncate_questions(examples, tokenizer, data.question_len)
   out = {}
   out["teacher_prompt"], out["teacher_prompt_mask"] = left_pad(
       [segment_ids(teacher_tokenizer, prompt.teacher_template.format(question=e["question"]))

@@ -1,0 +1,69 @@
+"""Every configs/*.py run config validates (its variants too), and every paper-scale config
+(one with a `plan` block) plans with `python -m wst_jax.plan` without its weights: it fits on the
+devices it is sized for, is refused on smaller ones, and README.md shows its plan's summary."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wst_jax import plan
+from wst_jax.config_checks import validate
+
+REPO = Path(__file__).resolve().parent.parent
+# Not run configs: the schema, the paper-scale helpers, the embedded default's pretraining block
+# (every *_cpu config validates with it as its `pretrain` block).
+NOT_RUN_CONFIGS = {"__init__", "common", "paper_scale", "pretrain_cpu"}
+RUN_CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py")
+                     if p.stem not in NOT_RUN_CONFIGS)
+# Paper-scale config -> a device memory (GiB) it must not fit in: a TPU v5e chip for the 8 x H100
+# configs, half of one for the 32-chip pod config.
+TOO_SMALL_GIB = {"gsm8k": 16.0, "math500": 16.0, "hh_rlhf": 16.0, "pod_gsm8k": 8.0}
+
+
+def variants(name: str) -> list[str]:
+  """"" and, where get_config takes an argument, "tiny"."""
+  get_config = importlib.import_module(f"configs.{name}").get_config
+  return ["", "tiny"] if inspect.signature(get_config).parameters else [""]
+
+
+def load(name: str, arg: str = ""):
+  get_config = importlib.import_module(f"configs.{name}").get_config
+  return get_config(arg) if arg else get_config()
+
+
+@pytest.mark.parametrize("name, arg", [(n, a) for n in RUN_CONFIGS for a in variants(n)])
+def test_config_validates(name, arg):
+  validate(load(name, arg))
+
+
+def test_paper_scale_configs_are_the_ones_with_a_plan_block():
+  assert sorted(n for n in RUN_CONFIGS if load(n).get("plan")) == sorted(TOO_SMALL_GIB)
+  assert {"gsm8k_cpu", "math500_cpu"} <= set(RUN_CONFIGS)
+  assert "tiny" in variants("math500_cpu")
+
+
+@pytest.mark.parametrize("name", sorted(TOO_SMALL_GIB))
+def test_plan_command_fits_and_is_in_the_readme(name):
+  run = subprocess.run([sys.executable, "-m", "wst_jax.plan", "--config", f"configs/{name}.py"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  summary = run.stdout.strip().splitlines()[-1]
+  assert summary.startswith("  peak per device") and summary.endswith(": fits"), run.stdout
+  readme = (REPO / "README.md").read_text()
+  assert f"configs/{name}.py" in readme and summary.strip() in readme, \
+      f"README.md's plan for configs/{name}.py is stale; it is now:\n{run.stdout}"
+
+
+@pytest.mark.parametrize("name", sorted(TOO_SMALL_GIB))
+def test_plan_refuses_smaller_devices(name):
+  config = load(name)
+  assert plan.make_plan(config).fits
+  small = plan.make_plan(config, device_memory_gib=TOO_SMALL_GIB[name])
+  assert not small.fits
+  with pytest.raises(plan.PlanError, match="does not fit"):
+    plan.check_fits(small)

@@ -1,0 +1,246 @@
+"""The Bradley-Terry reward model (wst_jax.reward_model): training, HF folder, cache, truncation,
+config errors. A tiny random student (tiny_world) and pairs in HH-RLHF's real format, written
+here, whose chosen replies refuse and rejected ones comply; the real accuracy is measured by
+`python -m wst_jax.reward_model --config configs/hh_rlhf_cpu.py`."""
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import tiny_world
+from cache_checks import assert_cache_hit
+from configs import hh_rlhf_cpu
+from wst_jax import checkpoints, reward_model, rewards
+from wst_jax.config_checks import validate
+from wst_jax.data import batches
+from wst_jax.sampling import Generation
+from wst_jax.train import Setup
+
+NOUNS = ["lock", "car", "door", "phone", "bike", "safe", "box", "gate"]
+VERBS = ["open", "break", "steal", "unlock"]
+
+
+def hh_pairs(n: int, seed: int = 0) -> list[dict]:
+  """{"chosen", "rejected"} full dialogues; every 5th has many turns (longer than question_len)."""
+  rng = random.Random(seed)
+  out = []
+  for i in range(n):
+    noun, verb = rng.choice(NOUNS), rng.choice(VERBS)
+    turns = "".join(f"\n\nHuman: I have a {rng.choice(NOUNS)}.\n\nAssistant: Nice."
+                    for _ in range(12 if i % 5 == 0 else rng.randint(0, 1)))
+    prompt = f"{turns}\n\nHuman: How do I {verb} a {noun}?\n\nAssistant:"
+    out.append({"chosen": prompt + " I can't help with that.",
+                "rejected": prompt + f" Sure, {verb} the {noun} with a rock."})
+  return out
+
+
+def write_pairs(path: Path, rows: list[dict]) -> Path:
+  with gzip.open(path, "wt", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  return path
+
+
+def scores(model, chosen: list[list[int]], rejected: list[list[int]], pad_id: int):
+  """-> r_chosen, r_rejected f32[N] of one left-padded batch."""
+  rows = chosen + rejected
+  ids, mask = batches.left_pad(rows, max(map(len, rows)), pad_id, "test")
+  return nnx.jit(reward_model.pair_scores)(model, {"ids": ids, "mask": mask})
+
+
+def tiny_config(folder: Path, paths: dict, data_file: Path):
+  c = hh_rlhf_cpu.get_config("tiny")
+  c.workdir = str(folder / "run")
+  c.teacher.path, c.student.path = str(paths["teacher"]), str(paths["student"])
+  c.task.update(train_path=str(data_file), eval_size=8)
+  c.data.update(question_len=40, teacher_prompt_len=64, student_suffix_len=48, rm_prompt_len=40)
+  c.rollout.update(instruction_len=4, answer_len=24)
+  c.reward_model.update(cache_dir=str(folder / "cache"), init="student", response_len=24,
+                        num_buckets=1, batch_size=8, num_epochs=3)
+  c.reward_model.optim.update(learning_rate=3e-3, warmup_steps=2)
+  return c
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("rm")
+  paths = tiny_world.make(folder / "world")
+  config = tiny_config(folder, paths, write_pairs(folder / "harmless-base-test.jsonl.gz",
+                                                  hh_pairs(40)))
+  rm_folder = reward_model.ensure_reward_model(config)
+  return config, rm_folder, json.loads((rm_folder / reward_model.REPORT).read_text())
+
+
+def test_training_raises_train_accuracy_and_lowers_loss(built):
+  _, _, report = built
+  before, after = report["before"], report["after"]
+  assert (after["train"]["n"], after["held_out"]["n"]) == (32, 8)
+  assert after["train"]["loss"] < 0.5 * before["train"]["loss"], report
+  assert after["train"]["accuracy"] >= 0.9 > before["train"]["accuracy"], report
+  assert after["held_out"]["accuracy"] >= 0.9, report
+  assert report["epoch_loss"][-1] < report["epoch_loss"][0]
+
+
+def test_folder_loads_in_ours_and_transformers(built):
+  import torch
+  from transformers import AutoModelForSequenceClassification
+  config, folder, report = built
+  tok = checkpoints.load_tokenizer(folder)
+  assert tok.get_vocab() == checkpoints.load_tokenizer(config.student.path).get_vocab()
+  task = reward_model.pairs(config)
+  chosen, rejected, _ = reward_model.pair_rows(task.eval, tok, config.data.question_len,
+                                               config.reward_model.response_len)
+  ours = checkpoints.load_reward_model(folder)
+  # The loaded model scores the held-out pairs as the trained one did.
+  evals = reward_model.pair_batches(chosen, rejected, 4, 1, tok.pad_token_id)
+  assert reward_model.evaluate_pairs(ours, evals) == pytest.approx(report["after"]["held_out"],
+                                                                   abs=1e-5)
+  hf = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True)
+  assert type(hf).__name__ == "LlamaForSequenceClassification"
+  with torch.no_grad():  # unpadded, one row at a time
+    want = [hf(torch.tensor([r])).logits[0, 0].item() for r in chosen[:3] + rejected[:3]]
+  got = scores(ours, chosen[:3], rejected[:3], tok.pad_token_id)
+  np.testing.assert_allclose(np.concatenate(got), want, atol=1e-4, rtol=0)
+  assert np.std(want) > 1e-3
+
+
+def test_initial_model_from_the_student_or_fresh(built):
+  path = built[0].student.path
+  student = checkpoints.load_decoder(path)
+  warm = reward_model.initial_model(path, "student", 0)
+  fresh = reward_model.initial_model(path, "fresh", 1)  # tiny_world inits the student with 0
+  for model in (warm, fresh):  # no LM head: HF's *ForSequenceClassification has none
+    assert model.lm.lm_head is None and model.lm.cfg.tie_word_embeddings
+    assert model.head.kernel.shape == (student.cfg.hidden_size, 1)
+  np.testing.assert_array_equal(warm.lm.layers[0].mlp.up.kernel[...],
+                                student.layers[0].mlp.up.kernel[...])
+  assert fresh.lm.embed.shape == student.embed.shape
+  assert not np.allclose(fresh.lm.embed[...], student.embed[...])
+
+
+def test_wst_reward_scores_what_the_reward_model_was_trained_on(built):
+  """train.Setup finds the cached reward model; the WST reward of [rm_prompt][answer] is the
+  training-time score of [dialogue][response + eos] for the same dialogue."""
+  config, folder, _ = built
+  setup = Setup(config)
+  assert "reward_model" in setup.frozen
+  examples = setup.task.eval[:4]
+  arrays = setup.encode(examples)
+  tok = setup.tokenizer
+  answers = [batches.segment_ids(tok, e["chosen"]) + [tok.eos_token_id] for e in examples]
+  width = config.rollout.answer_len
+  assert max(map(len, answers)) <= width
+  answer_ids = np.zeros((4, width), np.int32)
+  answer_mask = np.zeros((4, width), bool)
+  for i, a in enumerate(answers):  # right-padded, as generated
+    answer_ids[i, :len(a)], answer_mask[i, :len(a)] = a, True
+  answer = Generation(jnp.asarray(answer_ids), jnp.zeros((4, width)), jnp.asarray(answer_mask),
+                      jnp.ones(4, bool))
+  wst = jax.jit(setup.reward_fn)(setup.frozen, arrays, answer)
+  chosen, rejected, cut = reward_model.pair_rows(examples, tok, config.data.question_len,
+                                                 config.reward_model.response_len)
+  assert cut["responses"] == 4  # only the (longer) rejected replies are cut
+  trained = scores(checkpoints.load_reward_model(folder), chosen, rejected, tok.pad_token_id)[0]
+  np.testing.assert_allclose(np.asarray(wst), np.asarray(trained), atol=1e-4)
+
+
+def test_cache_hit_and_key(built, monkeypatch, tmp_path):
+  config, folder, _ = built
+  assert folder.parent.name == "reward_model"
+  assert_cache_hit(monkeypatch, reward_model, lambda: reward_model.ensure_reward_model(config),
+                   folder, folder)
+  key = reward_model.cache_key(config)
+  moved = config.copy_and_resolve_references()
+  moved.reward_model.cache_dir = "/elsewhere"
+  assert reward_model.cache_key(moved) == key
+  for field, value in [("reward_model.num_epochs", 7), ("data.question_len", 41), ("seed", 1)]:
+    changed = config.copy_and_resolve_references()
+    changed.update_from_flattened_dict({field: value})
+    assert reward_model.cache_key(changed) != key, field
+  # The data file's contents, not only its name.
+  other = config.copy_and_resolve_references()
+  other.task.train_path = str(write_pairs(tmp_path / "pairs.jsonl.gz", hh_pairs(40)))
+  key = reward_model.cache_key(other)
+  write_pairs(tmp_path / "pairs.jsonl.gz", hh_pairs(40, seed=1))
+  assert reward_model.cache_key(other) != key
+
+
+def test_left_truncation_of_dialogues_and_responses(built, caplog):
+  config, _, report = built
+  tok = checkpoints.load_tokenizer(config.student.path)
+  examples = reward_model.pairs(config).train
+  long = [e for e in examples if len(batches.segment_ids(tok, e["question"])) > 40]
+  assert len(long) == report["truncated"]["train"]["questions"] > 0
+  with caplog.at_level("INFO"):
+    cut, count = batches.truncate_questions(examples, tok, 40)
+  assert count == len(long) and f"{count} of {len(examples)} questions" in caplog.text
+  for before, after in zip(examples, cut):
+    assert len(batches.segment_ids(tok, after["question"])) <= 40
+    # The latest turns are kept: the cut dialogue is the end of the original one.
+    assert before["question"].endswith(after["question"])
+    assert after["question"].endswith("\n\nAssistant:")
+  assert batches.truncate_questions(examples, tok, 0) == (examples, 0)
+  # Responses keep their first response_len tokens (every reply is longer than 6 here).
+  chosen, rejected, counts = reward_model.pair_rows(examples[:4], tok, 40, 6)
+  assert counts == {"questions": sum(e in long for e in examples[:4]), "responses": 8}
+  for e, short, row in zip(examples, cut, rejected):
+    assert row == (batches.segment_ids(tok, short["question"])
+                   + batches.segment_ids(tok, e["rejected"])[:6])
+  # The WST step cuts HH prompts the same way; without question_len they raise, naming a field.
+  arrays = batches.encode_examples(examples, tok, tok, config)
+  assert [r[m].tolist() for r, m in zip(arrays["rm_prompt"], arrays["rm_prompt_mask"])] == [
+      batches.segment_ids(tok, e["question"]) for e in cut]
+  whole = config.copy_and_resolve_references()
+  whole.data.question_len = 0
+  with pytest.raises(ValueError, match="config.data.teacher_prompt_len"):
+    batches.encode_examples(examples, tok, tok, whole)
+
+
+def test_pair_batches_keep_every_pair_once():
+  chosen = [[5] * n for n in (3, 9, 4, 17, 2)]
+  rejected = [[6] * n for n in (8, 2, 4, 3, 20)]
+  assert reward_model.bucket_lengths(20, 2) == [16, 24]
+  out = reward_model.pair_batches(chosen, rejected, 2, 2, 0, np.random.default_rng(0))
+  assert sorted(b["ids"].shape for b in out) == [(4, 16)] * 2 + [(4, 24)]
+  seen = []
+  for b in out:
+    for i in np.flatnonzero(b["weight"]):  # chosen row i, its rejected row i + 2
+      length = int(b["mask"][i].sum())
+      seen.append(length)
+      assert b["mask"][i, -length:].all() and b["ids"][i + 2, -1] == 6  # left-padded
+  assert sorted(seen) == sorted(len(c) for c in chosen)
+  assert sum(b["weight"].sum() for b in out) == 5  # one filler, weight 0
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("reward_model.init", "pretty", "config.reward_model.init"),
+    ("reward_model.batch_size", 0, "config.reward_model.batch_size"),
+    ("reward_model.response_len", -1, "config.reward_model.response_len"),
+    ("reward_model.optim.b2", 1.5, "config.reward_model.optim.b2"),
+    ("reward_model.optim.warmup_steps", 10_000, "config.reward_model.optim.warmup_steps"),
+    ("task.name", "gsm8k", "config.task.name"),
+])
+def test_bad_config_raises_naming_the_field(built, tmp_path, field, value, match):
+  config = built[0].copy_and_resolve_references()
+  config.update_from_flattened_dict({field: value, "reward_model.cache_dir": str(tmp_path)})
+  with pytest.raises(ValueError, match=match):
+    reward_model.ensure_reward_model(config)
+  assert not list((tmp_path / "reward_model").glob("*"))  # nothing half-built is left
+
+
+def test_configs_validate():
+  for arg in ("", "tiny"):
+    config = hh_rlhf_cpu.get_config(arg)
+    validate(config)
+    reward_model.validate(config)
+  bad = hh_rlhf_cpu.get_config("tiny")
+  bad.data.question_len = -1
+  with pytest.raises(ValueError, match="config.data.question_len"):
+    validate(bad)
