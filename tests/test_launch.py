@@ -142,7 +142,7 @@ def test_tpu_dry_run_defaults(env):
 
   (create,) = gcloud_tpu(cmds, "create")
   assert create[5] == "wst-jax"
-  assert option(create, "--accelerator-type") == "v5litepod-16"
+  assert option(create, "--accelerator-type") == "v5litepod-32"
   assert option(create, "--zone") == "us-west4-a"
   assert option(create, "--version") == "v2-alpha-tpuv5-lite"
   assert option(create, "--project") == "YOUR_GCP_PROJECT"  # placeholder, gcloud not asked
@@ -166,7 +166,7 @@ def test_tpu_dry_run_defaults(env):
   assert "--worker=all" in train
   words = remote_words(train)
   assert words[:2] == ["cd", "~/wst-jax"]
-  train_cmd = ["python3", "-m", "wst_jax.train", "--config", "configs/gsm8k.py"]
+  train_cmd = ["python3", "-m", "wst_jax.train", "--config", "configs/pod_gsm8k.py"]
   # worker 0 streams (tee), the others only append to their log
   assert contains_run(words, train_cmd + ["2>&1", "|", "tee", "-a", "train.log;"])
   assert contains_run(words, train_cmd + [">>train.log", "2>&1;"])

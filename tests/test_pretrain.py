@@ -4,6 +4,7 @@ are measured by `python -m wst_jax.pretrain --config configs/pretrain_cpu.py --c
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import jax
@@ -101,6 +102,19 @@ def test_cache_hit_and_key(built, monkeypatch):
   changed = ConfigDict(config.to_dict())
   changed.student.num_steps += 1
   assert pretrain.cache_key(changed) != pretrain.cache_key(config)
+
+
+def test_cache_key_follows_the_data_content_not_its_path(tmp_path):
+  """Every clone (wherever ../shared lies) finds the same entry; other data, another entry."""
+  config = pretrain_cpu.get_config()
+  copy = tmp_path / "train.jsonl"
+  shutil.copy(config.tokenizer.gsm8k_path, copy)
+  moved = ConfigDict(config.to_dict())
+  moved.tokenizer.gsm8k_path = str(copy)
+  assert pretrain.cache_key(moved) == pretrain.cache_key(config)
+  with open(copy, "a") as f:
+    f.write('{"question": "q", "answer": "#### 1"}\n')
+  assert pretrain.cache_key(moved) != pretrain.cache_key(config)
 
 
 def test_bucketed_batches_use_the_shortest_bucket():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import shutil
 from pathlib import Path
 
 import jax
@@ -164,11 +165,14 @@ def test_cache_hit_and_key(built, monkeypatch, tmp_path):
     changed = config.copy_and_resolve_references()
     changed.update_from_flattened_dict({field: value})
     assert reward_model.cache_key(changed) != key, field
-  # The data file's contents, not only its name.
+  # The data file's contents, not where it lies.
   other = config.copy_and_resolve_references()
   other.task.train_path = str(write_pairs(tmp_path / "pairs.jsonl.gz", hh_pairs(40)))
   key = reward_model.cache_key(other)
-  write_pairs(tmp_path / "pairs.jsonl.gz", hh_pairs(40, seed=1))
+  (tmp_path / "moved").mkdir()
+  other.task.train_path = shutil.copy(other.task.train_path, tmp_path / "moved")
+  assert reward_model.cache_key(other) == key
+  write_pairs(Path(other.task.train_path), hh_pairs(40, seed=1))
   assert reward_model.cache_key(other) != key
 
 

@@ -263,8 +263,10 @@ def build(config, folder: Path) -> None:
 
 def cache_key(config) -> str:
   """Hash of everything the built models depend on: the config (cache_dir aside), the problem
-  generator's version and the contents of the data files read."""
+  generator's version and the contents of the data files read (not their paths: every clone of
+  the repository finds the same entry)."""
   content = {k: v for k, v in config.to_dict().items() if k != "cache_dir"}
+  content["tokenizer"] = {k: v for k, v in content["tokenizer"].items() if k != "gsm8k_path"}
   return cache.content_key({"config": content, "generator": synthetic.GENERATOR_VERSION,
                             "gsm8k": cache.file_hash(config.tokenizer.gsm8k_path)})
 

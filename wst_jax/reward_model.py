@@ -79,7 +79,8 @@ def _data_key(path: str) -> str:
 
 def cache_key(config) -> str:
   """Hash of everything the reward model depends on: config.reward_model (cache_dir aside), the
-  task's pairs (paths, file contents, split), data.question_len, the seed and the student. A
+  task's pairs (a local file's contents, not its path; a hub name; the split), data.question_len,
+  the seed and the student. A
   "pretrained:" student is keyed by its pretraining config; a local student folder by its path
   (replace it in place and delete the cache entry)."""
   task = config.task
@@ -90,8 +91,7 @@ def cache_key(config) -> str:
     student = str(Path(student).expanduser().resolve())
   return cache.content_key({
       "reward_model": {k: v for k, v in config.reward_model.to_dict().items() if k != "cache_dir"},
-      "task": {k: task[k] for k in ("name", "train_path", "eval_path", "eval_size",
-                                    "skip_malformed")},
+      "task": {k: task[k] for k in ("name", "eval_size", "skip_malformed")},
       "data": {"train": _data_key(task.train_path), "eval": _data_key(task.eval_path)},
       "question_len": config.data.question_len, "seed": config.seed, "student": student})
 
