@@ -189,9 +189,7 @@ def target_loss(graphdef, params, batch) -> jax.Array:
   ids, mask = batch["ids"], batch["mask"]
   _, hidden, _ = model(ids, positions_from_mask(mask), mask)
   hidden = jnp.take_along_axis(hidden, batch["at"][..., None], axis=1)        # [B, K, D]
-  # The Decoder's output head (tied embedding or lm_head), as in Decoder.__call__.
-  head = model.embed[...].T if model.lm_head is None else model.lm_head[...]
-  logp = jax.nn.log_softmax((hidden @ head.astype(hidden.dtype)).astype(jnp.float32), axis=-1)
+  logp = jax.nn.log_softmax(model.logits(hidden), axis=-1)
   nll = -jnp.take_along_axis(logp, batch["label"][..., None], axis=-1)[..., 0]
   weight = batch["weight"].astype(jnp.float32)
   return jnp.sum(nll * weight) / jnp.maximum(jnp.sum(weight), 1.0)
