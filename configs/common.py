@@ -2,8 +2,16 @@
 
 Every knob is named once and read somewhere; `wst_jax.config_checks` validates them.
 """
+import os
+from pathlib import Path
+
 import ml_collections
 from ml_collections import config_dict
+
+# The offline task data (gsm8k/, math500/, hh_rlhf/ as in ../shared/assets) that the *_cpu configs
+# read: ../shared/assets beside the repository, or the folder $WST_ASSETS names.
+ASSETS = Path(os.environ.get("WST_ASSETS") or
+              Path(__file__).resolve().parents[1].parent / "shared" / "assets")
 
 # Prompt templates (the embedded default models were pretrained with exactly these).
 TEACHER_TEMPLATE = ("Question: {question}\nWrite an instruction that helps a student answer "

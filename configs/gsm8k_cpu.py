@@ -1,7 +1,8 @@
 """The main job: WST on GSM8K-format word problems with the embedded default models, on CPU.
 
-    python -m wst_jax.train --config configs/gsm8k_cpu.py          # ~15 min on 2 cores
-    python -m wst_jax.train --config configs/gsm8k_cpu.py:tiny     # seconds: smoke test / notebook CI
+    python -m wst_jax.train --config configs/gsm8k_cpu.py   # 2 cores: ~16 min (first run builds
+                                                            # the cached models), ~5 min after
+    python -m wst_jax.train --config configs/gsm8k_cpu.py:tiny  # seconds: smoke test / notebook CI
 
 The teacher and student are the embedded default (`configs/pretrain_cpu.py`: pretrained here,
 cached). They are far too small for real GSM8K, so the teacher is trained on seeded synthetic
@@ -10,11 +11,9 @@ on held-out synthetic problems (where the instruction matters) and on real GSM8K
 (../shared/assets/gsm8k/test.jsonl), where these stand-in models score near zero whatever the
 instruction. This exercises the full method; it does not reproduce the paper's numbers.
 """
-from pathlib import Path
-
 from configs import common, pretrain_cpu
 
-ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
+ASSETS = common.ASSETS
 
 
 def get_config(arg: str = ""):

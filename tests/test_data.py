@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from configs.common import ASSETS
 from wst_jax.data import (MalformedRowError, read_gsm8k, read_hh_rlhf, read_math, read_task,
                           shard_for_process, shuffle, split_train_eval)
 
-ASSETS = Path(__file__).parents[1].parent / "shared" / "assets"
 
 GSM8K = [
     {"question": "Tom has 2 apples and buys 2. How many?", "answer": "2+2=<<2+2=4>>4\n#### 4"},

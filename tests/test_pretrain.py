@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +22,6 @@ from wst_jax.data.batches import encode_examples
 from wst_jax.models import positions_from_mask
 from wst_jax.prompting import concat_left_padded, constant_segment, strip_stop
 
-GSM8K_TRAIN = Path(__file__).resolve().parents[1] / "../shared/assets/gsm8k/train.jsonl"
 
 
 def tiny_config(cache_dir) -> ConfigDict:

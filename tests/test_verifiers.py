@@ -2,14 +2,13 @@
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from configs.common import ASSETS
 from wst_jax.verifiers import (extract_boxed, extract_gsm8k_answer, gsm8k_correct, math_correct,
                                normalize_math_string, parse_number, score)
 
-ASSETS = Path(__file__).parents[1].parent / "shared" / "assets"
 
 
 @pytest.mark.parametrize("text, expected", [

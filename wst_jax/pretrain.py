@@ -49,8 +49,9 @@ def read_gsm8k_text(path: str) -> list[str]:
     return []
   if not Path(path).is_file():
     raise FileNotFoundError(f"config.tokenizer.gsm8k_path={path!r} does not exist; point it at "
-                            "GSM8K train.jsonl (../shared/assets/gsm8k/) or set it to '' to train "
-                            "the tokenizer on synthetic text only.")
+                            "GSM8K train.jsonl (the CPU configs look in ../shared/assets/gsm8k/ or "
+                            "$WST_ASSETS/gsm8k/), or set it to '' to train the tokenizer on "
+                            "synthetic text only (another cache entry, other models).")
   from wst_jax.data.tasks import read_gsm8k
   return [e["question"] + "\n" + _CALCULATOR_NOTE.sub("", e["solution"]) for e in read_gsm8k(path)]
 
