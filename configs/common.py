@@ -2,16 +2,15 @@
 
 Every knob is named once and read somewhere; `wst_jax.config_checks` validates them.
 """
-import os
-from pathlib import Path
-
 import ml_collections
 from ml_collections import config_dict
 
-# The offline task data (gsm8k/, math500/, hh_rlhf/ as in ../shared/assets) that the *_cpu configs
-# read: ../shared/assets beside the repository, or the folder $WST_ASSETS names.
-ASSETS = Path(os.environ.get("WST_ASSETS") or
-              Path(__file__).resolve().parents[1].parent / "shared" / "assets")
+from wst_jax.data import assets
+
+# The *_cpu configs name each task data file by `assets.locate` when built ($WST_ASSETS,
+# ../shared/assets beside the repository, the hub cache). ASSETS, the first of those folders at
+# import, is where the tests find the real files and the Colab quickstart puts GSM8K.
+ASSETS = assets.folders()[0]
 
 # Prompt templates (the embedded default models were pretrained with exactly these).
 TEACHER_TEMPLATE = ("Question: {question}\nWrite an instruction that helps a student answer "

@@ -12,6 +12,7 @@ on held-out synthetic problems (where the instruction matters) and on real GSM8K
 instruction. This exercises the full method; it does not reproduce the paper's numbers.
 """
 from configs import common, pretrain_cpu
+from wst_jax.data import assets
 
 
 def get_config(arg: str = ""):
@@ -36,7 +37,7 @@ def get_config(arg: str = ""):
   # Also evaluate on real GSM8K test questions (the student's prompt must fit: long questions
   # need a longer student_suffix_len there).
   c.eval.extra_tasks = [dict(
-      task=dict(name="gsm8k", eval_path=str(common.ASSETS / "gsm8k" / "test.jsonl"), eval_size=100),
+      task=dict(name="gsm8k", eval_path=assets.locate("gsm8k/test.jsonl"), eval_size=100),
       data=dict(student_suffix_len=512, teacher_prompt_len=544))]
   if arg == "tiny":
     c.task.update(eval_size=16, max_train=64)

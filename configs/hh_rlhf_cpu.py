@@ -18,7 +18,8 @@ Dialogues keep their last data.question_len student tokens (left truncation, cou
 the WST prompts and the reward model's training rows alike; the *_len fields leave room for them
 in each prompt template (measured: the template adds at most 19 teacher / 8 student tokens).
 """
-from configs import common, gsm8k_cpu
+from configs import gsm8k_cpu
+from wst_jax.data import assets
 
 
 def get_config(arg: str = ""):
@@ -27,7 +28,7 @@ def get_config(arg: str = ""):
   c = gsm8k_cpu.get_config(arg)
   c.workdir = "runs/hh_rlhf_cpu" + ("_tiny" if arg else "")
   c.task.update(name="hh_rlhf", eval_path="", eval_size=200,
-                train_path=str(common.ASSETS / "hh_rlhf" / "harmless-base-test.jsonl.gz"))
+                train_path=assets.locate("hh_rlhf/harmless-base-test.jsonl.gz"))
   c.eval.extra_tasks = []
   c.reward.update(kind="reward_model", model_path="pretrained:reward_model")
   c.data.update(question_len=128, teacher_prompt_len=152, student_suffix_len=140,

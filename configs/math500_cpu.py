@@ -13,7 +13,8 @@ the 100 held-out problems alone, 4 with the untrained or the trained teacher: no
 reward gives PPO next to nothing to learn from: this shows that the MATH path runs end to end,
 it does not reproduce the paper's numbers (configs/math500.py is the paper-scale run).
 """
-from configs import common, gsm8k_cpu
+from configs import gsm8k_cpu
+from wst_jax.data import assets
 
 
 def get_config(arg: str = ""):
@@ -21,7 +22,7 @@ def get_config(arg: str = ""):
     raise ValueError(f"configs/math500_cpu.py:{arg}: the variants are '' (default) and 'tiny'.")
   c = gsm8k_cpu.get_config(arg)
   c.workdir = "runs/math500_cpu" + ("_tiny" if arg else "")
-  c.task.update(name="math500", train_path=str(common.ASSETS / "math500" / "test.jsonl"),
+  c.task.update(name="math500", train_path=assets.locate("math500/test.jsonl"),
                 eval_path="", verifier="math")
   c.eval.extra_tasks = []
   # The embedded tokenizer spends up to 1,241 tokens on the longest problem's prompt (the tiny

@@ -16,8 +16,7 @@ import os
 import ml_collections
 
 from configs import common
-
-GSM8K_TRAIN = common.ASSETS / "gsm8k" / "train.jsonl"
+from wst_jax.data import assets
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -34,7 +33,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # BPE over synthetic training sequences, the instruction pool and GSM8K train text
   # (gsm8k_path "" = synthetic text only).
   c.tokenizer = dict(vocab_size=2000, num_problems=4000,
-                     gsm8k_path=str(GSM8K_TRAIN))
+                     gsm8k_path=assets.locate("gsm8k/train.jsonl"))
 
   # Every problem is seen once: num_steps * batch_size problems, in batches of one of seq_lens
   # (the shortest that holds a row; target_len bounds the answer). Mixture: the share of rows

@@ -40,7 +40,7 @@ def dump_checkpoints(config, dumps: list[str]) -> None:
   import numpy as np
   from jax.experimental import multihost_utils
   from wst_jax.eval import trained_teacher_params
-  from wst_jax.train import Setup
+  from wst_jax.experiment import Setup
   setup = Setup(config)
   for item in dumps:
     workdir, out = item.split("=", 1)

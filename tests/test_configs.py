@@ -1,6 +1,7 @@
 """Every configs/*.py run config validates (its variants too), and every paper-scale config
 (one with a `plan` block) plans with `python -m wst_jax.plan` without its weights: it fits on the
-devices it is sized for, is refused on smaller ones, and README.md shows its plan's summary."""
+devices it is sized for, is refused on smaller ones, and README.md shows its plan's summary.
+Without task data the CPU configs still build, and validating them is the one-line error."""
 from __future__ import annotations
 
 import importlib
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from test_data import no_task_data  # noqa: F401 (a fixture)
 from wst_jax import plan
 from wst_jax.config_checks import validate
+from wst_jax.data import assets
 
 REPO = Path(__file__).resolve().parent.parent
 # Not run configs: the schema, the paper-scale helpers, the embedded default's pretraining block
@@ -36,9 +39,30 @@ def load(name: str, arg: str = ""):
   return get_config(arg) if arg else get_config()
 
 
+@pytest.fixture
+def task_data(tmp_path, monkeypatch):
+  """$WST_ASSETS holding every file the CPU configs name (empty: validation only looks for them),
+  so that they validate with or without ../shared."""
+  for name in assets.HUB_FILES:
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).touch()
+  monkeypatch.setenv("WST_ASSETS", str(tmp_path))
+
+
+@pytest.mark.usefixtures("task_data")
 @pytest.mark.parametrize("name, arg", [(n, a) for n in RUN_CONFIGS for a in variants(n)])
 def test_config_validates(name, arg):
   validate(load(name, arg))
+
+
+@pytest.mark.parametrize("name", [n for n in RUN_CONFIGS if n.endswith("_cpu")])
+def test_cpu_configs_without_task_data(name, no_task_data):  # noqa: F811 (the fixture)
+  config = load(name)  # builds: the data it misses is named by reference
+  one_line = (r"^config\.[a-z_.\[\]0-9]+='assets:[^']+': task data .* not found: "
+              r"set WST_ASSETS .* HF_HUB_OFFLINE=0 and hub access")
+  with pytest.raises(ValueError, match=one_line) as error:
+    validate(config)
+  assert "\n" not in str(error.value)
 
 
 def test_paper_scale_configs_are_the_ones_with_a_plan_block():

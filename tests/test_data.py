@@ -1,4 +1,5 @@
-"""wst_jax.data: task readers (fixtures in the public formats), splits, shards, array_record."""
+"""wst_jax.data: task readers (fixtures in the public formats), where task data comes from
+($WST_ASSETS, ../shared/assets, the hub cache), splits, shards, array_record."""
 import gzip
 import importlib.util
 import json
@@ -8,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from configs import hh_rlhf_cpu, math500_cpu, pretrain_cpu
 from configs.common import ASSETS
+from wst_jax.config_checks import validate
 from wst_jax.data import (MalformedRowError, read_gsm8k, read_hh_rlhf, read_math, read_task,
                           shard_for_process, shuffle, split_train_eval)
+from wst_jax.data import assets
+from wst_jax.data.registry import load_task
 
 
 GSM8K = [
@@ -125,6 +130,153 @@ def test_parquet_through_datasets(tmp_path):
   datasets.Dataset.from_list(MATH500).to_parquet(str(tmp_path / "test.parquet"))
   from_parquet = read_math(str(tmp_path / "test.parquet"))
   assert from_parquet == read_math(str(write_jsonl(tmp_path / "test.jsonl", MATH500)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Where task data comes from: $WST_ASSETS, ../shared/assets, the hub cache, else one line
+
+
+@pytest.fixture
+def no_task_data(tmp_path, monkeypatch) -> Path:
+  """No task data anywhere: no $WST_ASSETS, an empty ../shared/assets stand-in, an empty hub cache
+  and no hub. -> the hub cache folder (tests lay out snapshots in it)."""
+  import huggingface_hub
+  datasets = pytest.importorskip("datasets")
+  monkeypatch.delenv("WST_ASSETS", raising=False)
+  monkeypatch.setattr(assets, "DEFAULT_FOLDER", tmp_path / "shared" / "assets")
+  home = tmp_path / "hf"
+  for var, value in [("HF_HOME", home), ("HF_HUB_CACHE", home / "hub"),
+                     ("HF_DATASETS_CACHE", home / "datasets"), ("HF_HUB_OFFLINE", "1")]:
+    monkeypatch.setenv(var, str(value))
+  # huggingface_hub and datasets read those variables at import: patch the values they hold.
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+  monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", home / "datasets")
+  return home / "hub"
+
+
+def hub_snapshot(hub_cache: Path, repo: str) -> Path:
+  """The snapshot folder of dataset `repo` at "main" in a hub cache laid out as huggingface_hub
+  does (datasets--<org>--<name>/refs/main holds the commit, snapshots/<commit>/ the files)."""
+  folder = hub_cache / ("datasets--" + repo.replace("/", "--"))
+  commit = "c0ffee" + "0" * 34
+  (folder / "refs").mkdir(parents=True)
+  (folder / "refs" / "main").write_text(commit)
+  (folder / "snapshots" / commit).mkdir(parents=True)
+  return folder / "snapshots" / commit
+
+
+def write_assets(folder: Path, question: str) -> Path:
+  """Small files in the ../shared/assets layout; every GSM8K question starts with `question`."""
+  for task in ("gsm8k", "math500", "hh_rlhf"):
+    (folder / task).mkdir(parents=True)
+  write_jsonl(folder / "gsm8k" / "train.jsonl", [dict(r, question=question + r["question"])
+                                                 for r in GSM8K])
+  write_jsonl(folder / "gsm8k" / "test.jsonl", GSM8K[:1])
+  write_jsonl(folder / "math500" / "test.jsonl", MATH500)
+  write_jsonl(folder / "hh_rlhf" / "harmless-base-test.jsonl.gz", HH, gz=True)
+  return folder
+
+
+def test_missing_task_data_is_one_line_naming_every_way(no_task_data, tmp_path):
+  reference = "assets:gsm8k/train.jsonl"
+  assert assets.locate("gsm8k/train.jsonl") == reference  # a config still builds
+  config = pretrain_cpu.get_config()
+  assert config.tokenizer.gsm8k_path == reference
+  for fail in (lambda: assets.resolve(reference), lambda: read_gsm8k(reference)):
+    with pytest.raises(assets.MissingDataError) as error:
+      fail()
+    message = str(error.value)
+    assert "\n" not in message
+    for part in ("WST_ASSETS (now unset)", str(tmp_path / "shared" / "assets" / "gsm8k"),
+                 "openai/gsm8k", "HF_HUB_OFFLINE=0 and hub access", "not cached, HF_HUB_OFFLINE=1"):
+      assert part in message
+  # Config validation stops the run there, with the field in front.
+  with pytest.raises(ValueError, match=r"^config\.task\.train_path='assets:math500/test\.jsonl': "
+                                       r"task data math500/test\.jsonl not found") as error:
+    validate(math500_cpu.get_config())
+  assert "\n" not in str(error.value)
+  with pytest.raises(assets.MissingDataError, match="no hub copy is known"):
+    assets.resolve("assets:gsm8k/socratic.jsonl")
+  assert assets.resolve("openai/gsm8k") == "openai/gsm8k"  # paths and hub names: unchanged
+
+
+def test_wst_assets_comes_first_then_shared_assets(no_task_data, tmp_path, monkeypatch):
+  shared = write_assets(tmp_path / "shared" / "assets", "shared: ")
+  named = write_assets(tmp_path / "mine", "named: ")
+  (named / "math500" / "test.jsonl").unlink()
+  # Set after every module was imported: read when a config is built.
+  monkeypatch.setenv("WST_ASSETS", str(named))
+  assert assets.folders() == [named, shared]
+  config = pretrain_cpu.get_config()
+  assert config.tokenizer.gsm8k_path == str(named / "gsm8k" / "train.jsonl")
+  assert read_gsm8k(config.tokenizer.gsm8k_path)[0]["question"].startswith("named: ")
+  # A file the named folder lacks comes from ../shared/assets.
+  assert math500_cpu.get_config().task.train_path == str(shared / "math500" / "test.jsonl")
+  monkeypatch.delenv("WST_ASSETS")
+  examples = read_gsm8k("assets:gsm8k/train.jsonl")
+  assert examples[0]["id"] == "gsm8k/train-0" and examples[0]["question"].startswith("shared: ")
+  config = hh_rlhf_cpu.get_config("tiny")
+  assert config.task.train_path == str(shared / "hh_rlhf" / "harmless-base-test.jsonl.gz")
+  validate(config)
+  config.task.eval_size = 1
+  task = load_task(config.task)
+  assert len(task.train) == len(task.eval) == 1
+
+
+def test_hub_cache_when_no_folder_holds_the_file(no_task_data):
+  import pyarrow as pa  # a dependency of datasets, as the fixture's
+  import pyarrow.parquet as pq
+  gsm8k = hub_snapshot(no_task_data, "openai/gsm8k")
+  hub_rows = [dict(r, question="hub: " + r["question"]) for r in GSM8K]
+  (gsm8k / "main").mkdir()
+  pq.write_table(pa.Table.from_pylist(hub_rows), gsm8k / "main" / "train-00000-of-00001.parquet")
+  math = hub_snapshot(no_task_data, "HuggingFaceH4/MATH-500")
+  write_jsonl(math / "test.jsonl", MATH500)
+  hh = hub_snapshot(no_task_data, "Anthropic/hh-rlhf")
+  (hh / "harmless-base").mkdir()
+  write_jsonl(hh / "harmless-base" / "test.jsonl.gz", HH, gz=True)
+
+  # The configs name the cached files themselves (the tokenizer reads a path, not a reference).
+  train = str(gsm8k / "main" / "train-00000-of-00001.parquet")
+  assert pretrain_cpu.get_config().tokenizer.gsm8k_path == train
+  assert math500_cpu.get_config().task.train_path == str(math / "test.jsonl")
+  config = hh_rlhf_cpu.get_config()
+  assert config.task.train_path == str(hh / "harmless-base" / "test.jsonl.gz")
+  validate(config)
+  # The rows are the hub's (parquet through datasets, offline).
+  examples = read_gsm8k("assets:gsm8k/train.jsonl")
+  assert [e["question"] for e in examples] == [r["question"] for r in hub_rows]
+  assert examples[0]["id"] == "gsm8k/train-00000-of-00001-0"
+  assert read_math("assets:math500/test.jsonl") == read_math(str(math / "test.jsonl"))
+  # A file the hub cache lacks is the one-line error.
+  with pytest.raises(assets.MissingDataError, match="fetch openai/gsm8k .main/test-"):
+    assets.resolve("assets:gsm8k/test.jsonl")
+
+
+def test_hub_fetch_when_online(no_task_data, monkeypatch):
+  import huggingface_hub
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+  snapshot = hub_snapshot(no_task_data, "HuggingFaceH4/MATH-500")
+  fetched = []
+
+  def download(repo, filename, repo_type):  # a stand-in for the network: fills the hub cache
+    fetched.append((repo, filename, repo_type))
+    return str(write_jsonl(snapshot / filename, MATH500))
+
+  monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url: None)
+  monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+  path = str(snapshot / "test.jsonl")
+  assert assets.resolve("assets:math500/test.jsonl") == path
+  assert assets.resolve("assets:math500/test.jsonl") == path  # from the cache, no request
+  assert fetched == [("HuggingFaceH4/MATH-500", "test.jsonl", "dataset")]
+
+  def unreachable(url):
+    raise ConnectionError("no network")
+
+  monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
+  with pytest.raises(assets.MissingDataError, match=r"\(now: fetching failed: ConnectionError\)"):
+    assets.resolve("assets:hh_rlhf/harmless-base-test.jsonl.gz")
 
 
 def test_shuffle_is_a_seeded_permutation():

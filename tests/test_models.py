@@ -152,22 +152,26 @@ def test_greedy_generation_matches_hf(tiny, kind):
 # ---------------------------------------------------------------- (c) KV cache
 
 
+def cached_logits(model, ids, mask, prefill: int) -> np.ndarray:
+  """Logits f32[B, T] of a KV-cache run: `prefill` tokens at once, then one token per step."""
+  b, t = ids.shape
+  positions = positions_from_mask(mask)
+  step = jax.jit(lambda m, tok, pos, kv, cache, i: m(tok, pos, kv, cache, i))
+  logits, _, cache = step(model, ids[:, :prefill], positions[:, :prefill], mask,
+                          init_cache(model.cfg, b, t), 0)
+  got = [np.asarray(logits)]
+  for i in range(prefill, t):
+    logits, _, cache = step(model, ids[:, i:i + 1], positions[:, i:i + 1], mask, cache, i)
+    got.append(np.asarray(logits))
+  return np.concatenate(got, axis=1)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_cached_decode_matches_full_forward(tiny, kind):
   _, _, ours = tiny(kind)
   ids, mask = FWD_IDS, FWD_MASK
-  b, t = ids.shape
-  prefill = 6  # row 3 (1 real token) and row 2 (4 real tokens) have an all-padding prefill
-  full = np.asarray(forward(ours, ids, mask))
-  positions = positions_from_mask(mask)
-  step = jax.jit(lambda m, tok, pos, kv, cache, i: m(tok, pos, kv, cache, i))
-  logits, _, cache = step(ours, ids[:, :prefill], positions[:, :prefill], mask,
-                          init_cache(ours.cfg, b, t), 0)
-  got = [np.asarray(logits)]
-  for i in range(prefill, t):
-    logits, _, cache = step(ours, ids[:, i:i + 1], positions[:, i:i + 1], mask, cache, i)
-    got.append(np.asarray(logits))
-  got = np.concatenate(got, axis=1)
+  # Rows 3 (1 real token) and 2 (4 real tokens) have an all-padding prefill.
+  got, full = cached_logits(ours, ids, mask, prefill=6), np.asarray(forward(ours, ids, mask))
   assert got.shape == full.shape
   np.testing.assert_allclose(got[mask], full[mask], atol=1e-5, rtol=0)
 

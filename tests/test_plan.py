@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import common
-from wst_jax import plan
+from wst_jax import checkpoints, experiment, plan
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -242,15 +242,13 @@ def test_run_check_uses_the_devices_memory_else_the_plan_block():
 
 
 def test_setup_refuses_a_config_that_does_not_fit_before_reading_anything(monkeypatch):
-  from wst_jax import checkpoints, train
-
   def load_tokenizer(path):
     raise AssertionError(f"read {path}")
 
   monkeypatch.setattr(checkpoints, "load_tokenizer", load_tokenizer)
   with pytest.raises(plan.PlanError, match="does not fit") as err:
-    train.Setup(tiny_config(memory_gib=1e-6))
+    experiment.Setup(tiny_config(memory_gib=1e-6))
   assert "config.mesh.fsdp" in str(err.value)
   # The same config with room passes the check and goes on to read the (absent) folders.
   with pytest.raises(AssertionError, match="read /not/on/this/machine"):
-    train.Setup(tiny_config())
+    experiment.Setup(tiny_config())

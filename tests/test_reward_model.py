@@ -19,11 +19,10 @@ from flax import nnx
 import tiny_world
 from cache_checks import assert_cache_hit
 from configs import hh_rlhf_cpu
-from wst_jax import checkpoints, reward_model, rewards
+from wst_jax import checkpoints, experiment, reward_model, rewards
 from wst_jax.config_checks import validate
 from wst_jax.data import batches
 from wst_jax.sampling import Generation
-from wst_jax.train import Setup
 
 NOUNS = ["lock", "car", "door", "phone", "bike", "safe", "box", "gate"]
 VERBS = ["open", "break", "steal", "unlock"]
@@ -75,7 +74,7 @@ def built(tmp_path_factory):
   paths = tiny_world.make(folder / "world")
   config = tiny_config(folder, paths, write_pairs(folder / "harmless-base-test.jsonl.gz",
                                                   hh_pairs(40)))
-  rm_folder = reward_model.ensure_reward_model(config)
+  rm_folder = experiment.resolve_model_ref(config.reward.model_path, config)
   return config, rm_folder, json.loads((rm_folder / reward_model.REPORT).read_text())
 
 
@@ -127,10 +126,11 @@ def test_initial_model_from_the_student_or_fresh(built):
 
 
 def test_wst_reward_scores_what_the_reward_model_was_trained_on(built):
-  """train.Setup finds the cached reward model; the WST reward of [rm_prompt][answer] is the
+  """experiment.Setup finds the cached reward model; the WST reward of [rm_prompt][answer] is the
   training-time score of [dialogue][response + eos] for the same dialogue."""
   config, folder, _ = built
-  setup = Setup(config)
+  setup = experiment.Setup(config)
+  assert setup.paths["reward_model"] == folder
   assert "reward_model" in setup.frozen
   examples = setup.task.eval[:4]
   arrays = setup.encode(examples)
@@ -155,25 +155,29 @@ def test_wst_reward_scores_what_the_reward_model_was_trained_on(built):
 def test_cache_hit_and_key(built, monkeypatch, tmp_path):
   config, folder, _ = built
   assert folder.parent.name == "reward_model"
-  assert_cache_hit(monkeypatch, reward_model, lambda: reward_model.ensure_reward_model(config),
+  assert_cache_hit(monkeypatch, reward_model,
+                   lambda: experiment.resolve_model_ref(config.reward.model_path, config),
                    folder, folder)
-  key = reward_model.cache_key(config)
+  student = str(Path(config.student.path).resolve())  # a local student: keyed by its folder
+  key = reward_model.cache_key(config, student)
+  assert folder.name == key
+  assert reward_model.cache_key(config, student + "2") != key
   moved = config.copy_and_resolve_references()
   moved.reward_model.cache_dir = "/elsewhere"
-  assert reward_model.cache_key(moved) == key
+  assert reward_model.cache_key(moved, student) == key
   for field, value in [("reward_model.num_epochs", 7), ("data.question_len", 41), ("seed", 1)]:
     changed = config.copy_and_resolve_references()
     changed.update_from_flattened_dict({field: value})
-    assert reward_model.cache_key(changed) != key, field
+    assert reward_model.cache_key(changed, student) != key, field
   # The data file's contents, not where it lies.
   other = config.copy_and_resolve_references()
   other.task.train_path = str(write_pairs(tmp_path / "pairs.jsonl.gz", hh_pairs(40)))
-  key = reward_model.cache_key(other)
+  key = reward_model.cache_key(other, student)
   (tmp_path / "moved").mkdir()
   other.task.train_path = shutil.copy(other.task.train_path, tmp_path / "moved")
-  assert reward_model.cache_key(other) == key
+  assert reward_model.cache_key(other, student) == key
   write_pairs(Path(other.task.train_path), hh_pairs(40, seed=1))
-  assert reward_model.cache_key(other) != key
+  assert reward_model.cache_key(other, student) != key
 
 
 def test_left_truncation_of_dialogues_and_responses(built, caplog):
@@ -235,7 +239,7 @@ def test_bad_config_raises_naming_the_field(built, tmp_path, field, value, match
   config = built[0].copy_and_resolve_references()
   config.update_from_flattened_dict({field: value, "reward_model.cache_dir": str(tmp_path)})
   with pytest.raises(ValueError, match=match):
-    reward_model.ensure_reward_model(config)
+    experiment.resolve_model_ref(config.reward.model_path, config)
   assert not list((tmp_path / "reward_model").glob("*"))  # nothing half-built is left
 
 

@@ -26,8 +26,9 @@ from flax import nnx
 import tiny_world
 from wst_jax import sharding, step as step_lib, verifiers
 from wst_jax.data import batches
+from wst_jax.experiment import Setup, init_state
 from wst_jax.models import positions_from_mask
-from wst_jax.train import Setup, init_state, optimizer
+from wst_jax.optim import optimizer
 
 STEPS = 5            # steps run in process (compile-once); the first 2 are compared across meshes
 COMPARED = 2

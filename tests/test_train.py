@@ -1,10 +1,14 @@
-"""train() and the eval table on tiny worlds: resume bit for bit (also after a crash), the NaN
-guard, config errors, and a world where PPO must learn which instruction makes the student right.
+"""train() and the eval table on tiny worlds: resume bit for bit (also after a crash, and past a
+damaged checkpoint), the NaN guard, config errors, and a world where PPO must learn which
+instruction makes the student right.
 """
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,8 @@ import pytest
 import tiny_world
 from wst_jax import train as train_lib, verifiers
 from wst_jax.eval import evaluate, trained_teacher_params
-from wst_jax.train import Setup, train
+from wst_jax.experiment import Setup
+from wst_jax.train import train
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -42,6 +47,20 @@ def assert_same_state(a: dict, b: dict):
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def files(folder: Path) -> dict[Path, bytes]:
+  return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def damage(step_folder: Path) -> dict[Path, bytes]:
+  """Truncates every array data file of a checkpoint (OCDBT data files, in folders named d/) to
+  half its size, as an interrupted copy would. -> the step folder's files after the damage."""
+  data = [p for p in step_folder.rglob("*") if p.is_file() and p.parent.name == "d"]
+  assert data, sorted(step_folder.rglob("*"))
+  for p in data:
+    os.truncate(p, p.stat().st_size // 2)
+  return files(step_folder)
 
 
 # ------------------------------------------------------------------------------------ fixtures
@@ -136,6 +155,43 @@ def test_crash_after_a_checkpoint_resumes_bit_for_bit(world, run_a, tmp_path, pr
   assert rows_c[:2] == crashed_rows[:2]  # rows up to the checkpoint are kept as written
   assert not (c / "metrics.jsonl.tmp").exists()
   assert_same_state(saved_state(c, 4), saved_state(run_a, 4))
+
+
+def test_damaged_newest_checkpoint_is_kept_aside_and_the_run_resumes_from_the_one_before(
+    world, run_a, tmp_path, probe_reward, caplog):
+  e = tmp_path / "e"
+  shutil.copytree(run_a, e)  # checkpoints at steps 2 and 4
+  newest = (e / "checkpoints" / "4").absolute()
+  damaged = damage(newest)
+  with caplog.at_level(logging.INFO):
+    train(make_config(world, 4), e)
+  [line] = [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and str(newest) in r.getMessage()]
+  assert "cannot be read" in line and "resume from step 2" in line and "\n" not in line, line
+  assert "resuming from checkpoint step 2" in caplog.text
+  # Nothing deleted: the damaged folder is kept, renamed out of the way of the new step 4.
+  assert files(newest.with_name("4.damaged")) == damaged
+  assert sorted(p.name for p in newest.parent.iterdir()) == ["2", "4", "4.damaged"]
+  # Steps 3 and 4 were trained again from the step-2 checkpoint: as in the uninterrupted run.
+  rows_a, rows_e = metrics_rows(run_a), metrics_rows(e)
+  assert [r["step"] for r in rows_e] == [1, 2, 3, 4]
+  assert [comparable(r) for r in rows_e] == [comparable(r) for r in rows_a]
+  assert_same_state(saved_state(e, 4), saved_state(run_a, 4))
+
+
+def test_no_readable_checkpoint_is_a_clear_error_and_renames_nothing(world, run_a, tmp_path):
+  f = tmp_path / "f"
+  shutil.copytree(run_a, f)
+  checkpoints = (f / "checkpoints").absolute()
+  before = {step: damage(checkpoints / step) for step in ("2", "4")}
+  metrics = (f / "metrics.jsonl").read_text()
+  message = re.escape(f"no checkpoint in {checkpoints} can be read")
+  with pytest.raises(RuntimeError, match=message) as err:
+    train(make_config(world, 4), f)
+  assert "step 4: ValueError" in str(err.value) and "step 2: ValueError" in str(err.value)
+  assert sorted(p.name for p in checkpoints.iterdir()) == ["2", "4"]
+  assert {step: files(checkpoints / step) for step in ("2", "4")} == before
+  assert (f / "metrics.jsonl").read_text() == metrics
 
 
 def test_rows_up_to_drops_later_and_torn_rows():

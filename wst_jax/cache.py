@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import Callable
 
 
+def default_root() -> Path:
+  """Where built and fetched things live: $WST_CACHE, else ~/.cache/wst_jax."""
+  return Path(os.environ.get("WST_CACHE") or "~/.cache/wst_jax").expanduser()
+
+
 def file_hash(path: str) -> str:
   """sha256 of a file's bytes; "" for no file ("")."""
   return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else ""

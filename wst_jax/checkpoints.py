@@ -23,8 +23,9 @@ from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
+from tqdm.auto import tqdm
 
-from wst_jax import sharding
+from wst_jax import gguf_reader, sharding
 from wst_jax.models import Decoder, DecoderConfig, ScalarHeadLM
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,17 +34,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _IGNORED = re.compile(r"(\.attn\.bias|\.attn\.masked_bias|rotary_emb\.inv_freq)$")
 
 
+def is_gguf(path) -> bool:
+  """A single GGUF file (llama.cpp's format) rather than a checkpoint folder."""
+  return Path(path).suffix == ".gguf"
+
+
 def _folder(model_dir) -> Path:
   path = Path(model_dir)
+  if is_gguf(path):
+    if not path.is_file():
+      raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist.")
+    return path
   if not path.is_dir():
     raise FileNotFoundError(f"Model folder {str(path)!r} does not exist. Pass a local Hugging Face "
-                            "checkpoint folder (config.json + *.safetensors + tokenizer files); "
-                            "hub names are not downloaded.")
+                            "checkpoint folder (config.json + *.safetensors + tokenizer files) or "
+                            "a .gguf file; zoo:NAME and hub names are resolved by "
+                            "wst_jax.zoo.resolve.")
   return path
 
 
 def load_config(model_dir, **overrides) -> DecoderConfig:
-  """Reads `config.json`; overrides (e.g. dtype="bfloat16") replace fields."""
+  """Reads `config.json` (or a GGUF header); overrides (e.g. dtype="bfloat16") replace fields."""
+  if is_gguf(_folder(model_dir)):
+    return DecoderConfig.from_hf(gguf_reader.config(model_dir), source=str(model_dir), **overrides)
   path = _folder(model_dir) / "config.json"
   if not path.is_file():
     raise FileNotFoundError(f"{path}: missing; a checkpoint folder needs config.json.")
@@ -63,9 +76,13 @@ def open_tensors(model_dir) -> Iterator[dict[str, Tensor]]:
   """All tensors of a folder by HF key, read lazily while the context is open.
 
   safetensors files are memory-mapped (a block read touches only its bytes); a legacy
-  `pytorch_model.bin` is read whole into host memory first.
+  `pytorch_model.bin` is read whole into host memory first; a GGUF file's tensors are dequantized
+  to f32 one at a time, under their HF names (`wst_jax.gguf_reader`).
   """
   folder = _folder(model_dir)
+  if is_gguf(folder):
+    yield gguf_reader.open_tensors(folder, Tensor)[1]
+    return
   index = folder / "model.safetensors.index.json"
   if index.is_file():
     files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -119,10 +136,18 @@ def hf_layout(cfg: DecoderConfig) -> list[tuple[str, str, str]]:
     return entries
   entries += [("embed", "model.embed_tokens.weight", "copy"),
               ("final_norm.scale", "model.norm.weight", "copy")]
+  # Norm names: with post-norms (Gemma) HF's "post_attention_layernorm" is the norm on the
+  # attention output and "pre_feedforward_layernorm" the pre-MLP one; without (Llama),
+  # "post_attention_layernorm" is the pre-MLP norm.
+  norms = ([("attn_norm", "input_layernorm"), ("attn_post_norm", "post_attention_layernorm"),
+            ("mlp_norm", "pre_feedforward_layernorm"),
+            ("mlp_post_norm", "post_feedforward_layernorm")] if cfg.post_norms else
+           [("attn_norm", "input_layernorm"), ("mlp_norm", "post_attention_layernorm")])
+  if cfg.qk_norm:
+    norms += [("attn.q_norm", "self_attn.q_norm"), ("attn.k_norm", "self_attn.k_norm")]
   for i in range(cfg.num_layers):
     h, o = f"model.layers.{i}.", f"layers.{i}."
-    entries += [(o + "attn_norm.scale", h + "input_layernorm.weight", "copy"),
-                (o + "mlp_norm.scale", h + "post_attention_layernorm.weight", "copy")]
+    entries += [(o + ours + ".scale", h + hf + ".weight", "copy") for ours, hf in norms]
     projections = [("attn.q", "self_attn.q_proj", cfg.qkv_bias),
                    ("attn.k", "self_attn.k_proj", cfg.qkv_bias),
                    ("attn.v", "self_attn.v_proj", cfg.qkv_bias),
@@ -233,7 +258,8 @@ def _load(cls, model_dir, tensors: dict[str, Tensor], extra: dict[str, str], mes
   layout += [(ours, hf, "T") for ours, hf in extra.items()]
   used = set()
   folder = _folder(model_dir)
-  for ours, hf, transform in layout:
+  for ours, hf, transform in tqdm(layout, desc=f"load {folder.name}", unit="tensor",
+                                  leave=False, disable=jax.process_index() != 0):
     if hf not in tensors:
       raise ValueError(f"{folder}: checkpoint has no tensor {hf!r} (needed for {ours}); "
                        f"model_type={cfg.model_type!r}, {len(tensors)} tensors found.")
@@ -271,7 +297,8 @@ def _hf_tensors(model: Decoder) -> dict[str, np.ndarray]:
   return hf
 
 
-def _write(model_dir, tensors: dict[str, np.ndarray], hf_config: dict, tokenizer) -> Path:
+def write_folder(model_dir, tensors: dict[str, np.ndarray], hf_config: dict, tokenizer) -> Path:
+  """A HF checkpoint folder: HF-named `tensors` in model.safetensors, config.json, tokenizer files."""
   folder = Path(model_dir)
   folder.mkdir(parents=True, exist_ok=True)
   save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, folder / "model.safetensors")
@@ -284,7 +311,7 @@ def _write(model_dir, tensors: dict[str, np.ndarray], hf_config: dict, tokenizer
 def save_decoder(model: Decoder, model_dir, tokenizer=None) -> Path:
   """Writes `model` as a HF folder (config.json + model.safetensors [+ tokenizer files]) that
   both `load_decoder` and transformers' `AutoModelForCausalLM` read."""
-  return _write(model_dir, _hf_tensors(model), model.cfg.to_hf(), tokenizer)
+  return write_folder(model_dir, _hf_tensors(model), model.cfg.to_hf(), tokenizer)
 
 
 def save_reward_model(model: ScalarHeadLM, model_dir, tokenizer=None) -> Path:
@@ -297,13 +324,17 @@ def save_reward_model(model: ScalarHeadLM, model_dir, tokenizer=None) -> Path:
   hf["architectures"] = [re.sub(r"(LMHeadModel|ForCausalLM)$", "ForSequenceClassification",
                                 hf["architectures"][0])]
   hf.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
-  return _write(model_dir, tensors, hf, tokenizer)
+  return write_folder(model_dir, tensors, hf, tokenizer)
 
 
 def load_tokenizer(model_dir):
-  """`AutoTokenizer` from the local folder; never the hub."""
+  """`AutoTokenizer` from the local folder (never the hub), or the tokenizer a GGUF header
+  describes."""
   from transformers import AutoTokenizer
   folder = _folder(model_dir)
+  if is_gguf(folder):
+    from wst_jax.gguf_tokenizer import build_tokenizer
+    return build_tokenizer(gguf_reader.read_metadata(folder))
   try:
     return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
   except (OSError, ValueError) as err:

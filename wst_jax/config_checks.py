@@ -1,6 +1,8 @@
 """Config validation before anything is allocated: every error names the field and the fix."""
 from __future__ import annotations
 
+from wst_jax.data import assets
+
 CHOICES = {
     "reward.kind": ("verifier", "reward_model"),
     "reward.baseline": ("none", "student"),
@@ -24,8 +26,24 @@ def _get(config, dotted):
   return node
 
 
+def _data_sources(config) -> dict[str, str]:
+  """Config field -> the data source it names, for every file a run of `config` reads."""
+  sources = {"task.train_path": config.task.train_path, "task.eval_path": config.task.eval_path}
+  for i, extra in enumerate(config.eval.extra_tasks):
+    if "eval_path" in extra.get("task", {}):
+      sources[f"eval.extra_tasks[{i}].task.eval_path"] = extra["task"]["eval_path"]
+  if "tokenizer" in config.pretrain:  # the embedded default's tokenizer reads GSM8K train text
+    sources["pretrain.tokenizer.gsm8k_path"] = config.pretrain.tokenizer.gsm8k_path
+  return sources
+
+
 def validate(config) -> None:
-  """Raises ValueError naming the first bad field."""
+  """Raises ValueError naming the first bad field.
+
+  A task data reference ("assets:<name>": no file was found when the config was built) must
+  resolve now, so that missing data stops a run before any model is built. Paths and hub names
+  are left to the readers: a config may name data of another machine.
+  """
   for field, choices in CHOICES.items():
     if _get(config, field) not in choices:
       raise ValueError(f"config.{field}={_get(config, field)!r}; choose one of {choices}.")
@@ -51,3 +69,8 @@ def validate(config) -> None:
   if config.reward.kind == "verifier" and config.task.name == "hh_rlhf":
     raise ValueError("config.reward.kind='verifier' has no gold answers for task hh_rlhf; "
                      "use reward.kind='reward_model'.")
+  for field, source in _data_sources(config).items():
+    try:
+      assets.resolve(source)
+    except assets.MissingDataError as e:
+      raise ValueError(f"config.{field}={source!r}: {e}") from None

@@ -2,7 +2,7 @@ r"""Evaluation: the paper's table. The student answers held-out questions with
 
   (a) no instruction, (b) a fixed human instruction, (c) the untrained teacher's instruction,
   (d) the trained teacher's instruction (latest checkpoint in the workdir), and optionally
-  (e) a larger teacher (any local checkpoint folder, config.eval.teacher_path);
+  (e) a larger teacher (config.eval.teacher_path: a model reference, as the teacher's);
 
 reports accuracy (or reward-model score) with a 95% bootstrap interval and the relative
 improvement over (a), as Markdown, JSON and CSV.
@@ -29,7 +29,9 @@ from wst_jax import checkpoints, sharding
 from wst_jax.data import batches
 from wst_jax.data.batches import segment_ids
 from wst_jax.data.registry import load_eval_examples
+from wst_jax.experiment import Setup, checkpoint_manager, init_state, restore_or_init
 from wst_jax.models import ScalarHeadLM
+from wst_jax.optim import optimizer
 from wst_jax.prompting import strip_stop
 from wst_jax.step import answer_questions, write_instructions
 
@@ -137,8 +139,8 @@ def student_alone_rewards(setup, arrays, workdir: Path) -> np.ndarray:
 
 
 def trained_teacher_params(setup, workdir: Path):
-  """The teacher params of the latest checkpoint in workdir, or None if there is none."""
-  from wst_jax.train import checkpoint_manager, init_state, optimizer, restore_or_init
+  """-> (teacher params, step) of the newest readable checkpoint in workdir (see
+  `restore_or_init`), or (None, 0) if there is none."""
   mngr = checkpoint_manager(Path(workdir), setup.config)
   if mngr.latest_step() is None:
     return None, 0
@@ -147,8 +149,9 @@ def trained_teacher_params(setup, workdir: Path):
   return state.params, int(state.step)
 
 
-def larger_teacher(setup, path):
-  """A different (e.g. larger) local teacher LM: same tokenizer, no value head needed."""
+def larger_teacher(setup, path: Path):
+  """A different (e.g. larger) teacher LM from its folder (setup.paths["eval_teacher"]): same
+  tokenizer, no value head needed."""
   lm = checkpoints.load_decoder(path, mesh=setup.mesh, **setup.config.teacher.dtypes)
   teacher = ScalarHeadLM(lm.cfg, rngs=nnx.Rngs(0), lm=lm)
   return nnx.split(teacher, nnx.Param)
@@ -217,7 +220,6 @@ def evaluate(config, workdir, setup=None) -> dict:
   -> {"metric", "tables": [{"title", "rows", "instructions"}], "markdown"}; written to
   workdir/eval/{table.md, results.json, table.csv}.
   """
-  from wst_jax.train import Setup
   setup = setup or Setup(config)
   workdir = Path(workdir)
   sources = [("(a) student alone", "none", (None, None)),
@@ -230,7 +232,7 @@ def evaluate(config, workdir, setup=None) -> dict:
     logging.warning("no checkpoint in %s: row (d) is left out", workdir)
   if config.eval.teacher_path:
     sources.append((f"(e) teacher {Path(config.eval.teacher_path).name}", "teacher",
-                    larger_teacher(setup, config.eval.teacher_path)))
+                    larger_teacher(setup, setup.paths["eval_teacher"])))
   metric = "accuracy" if config.reward.kind == "verifier" else "reward-model score"
   tables = []
   for title, arrays in eval_sets(setup):

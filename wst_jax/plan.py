@@ -18,8 +18,8 @@ config.json fields. `config.plan.device_memory_gib` is the default device memory
 
 A config whose peak does not fit in USABLE_FRACTION of the device memory is refused: the error
 names the config fields that shrink the largest items, and the CLI exits with code 2. A run
-(train.Setup, through `check_run`) is refused the same way before any weights are read, planned
-on its real devices' memory.
+(experiment.Setup, through `check_run`) is refused the same way before any weights are read,
+planned on its real devices' memory.
 
 Peak = resident (params, optimizer state) + the largest phase of the step:
   sampling  teacher KV cache + one layer's transient over the prompt (attention scores, MLP);
@@ -43,6 +43,7 @@ from jax.sharding import AbstractMesh
 from wst_jax import checkpoints, sharding
 from wst_jax.config_checks import validate
 from wst_jax.models import Decoder, DecoderConfig, ScalarHeadLM
+from wst_jax.optim import optimizer  # the run's AdamW: its state's shapes and dtypes
 
 GIB = 1024 ** 3
 USABLE_FRACTION = 0.9  # the rest: XLA workspace, fragmentation, the runtime itself
@@ -111,8 +112,8 @@ def fix_params(config, role: str) -> str:
 def model_config(config, role: str, paths: dict | None = None) -> DecoderConfig:
   """role: "teacher" | "student" | "reward_model"; from the folder's config.json or config.plan.
 
-  paths: the run's resolved folders by role (train.Setup), used in place of the config's paths
-  (e.g. "pretrained:student" -> its cached folder)."""
+  paths: the run's resolved folders by role (`experiment.resolve_model_paths`), used in place of
+  the config's model references (e.g. "pretrained:student" -> its cached folder)."""
   path, overrides = {
       "teacher": (config.teacher.path, config.teacher.dtypes.to_dict()),
       "student": (config.student.path, config.student.dtypes.to_dict()),
@@ -120,7 +121,8 @@ def model_config(config, role: str, paths: dict | None = None) -> DecoderConfig:
       # checkpoint has no LM head, so checkpoints.load_reward_model ties it to the embeddings.
       "reward_model": (config.reward.model_path, dict(tie_word_embeddings=True))}[role]
   path = (paths or {}).get(role, path)
-  if path and not str(path).startswith("pretrained:") and (Path(path) / "config.json").is_file():
+  if path and (Path(path) / "config.json").is_file() or checkpoints.is_gguf(path) and Path(
+      path).is_file():
     return checkpoints.load_config(path, **overrides)
   plan = config.get("plan") or {}
   plan = plan.to_dict() if hasattr(plan, "to_dict") else dict(plan)
@@ -258,7 +260,6 @@ def make_plan(config, devices: int | None = None, device_memory_gib: float | Non
   device_memory_gib None: config.plan.device_memory_gib, else DEFAULT_DEVICE_MEMORY_GIB;
   memory_source names where a given value came from. paths: as in `model_config`.
   """
-  from wst_jax.train import optimizer  # the run's AdamW: its state shapes and dtypes
   validate(config)
   sizes = sharding.mesh_sizes(config.mesh.to_dict(), plan_devices(config, devices))
   mesh = AbstractMesh(tuple(sizes.values()), tuple(sizes))

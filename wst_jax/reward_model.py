@@ -19,10 +19,12 @@ Both counts are logged and reported, no pair is dropped. Rows are left-padded, s
 read at the last column, to the shortest of reward_model.num_buckets lengths that holds both rows
 of a pair (more buckets: less padding, one more compilation each).
 
-`ensure_reward_model(config)` caches the HF `*ForSequenceClassification` folder (our
-`checkpoints.load_reward_model` and transformers' AutoModelForSequenceClassification read it) under
-reward_model.cache_dir, keyed by a hash of what it depends on (`cache_key`); reward_model.json in
-it holds the accuracies, losses and times.
+`ensure_reward_model(config, student, student_key)` caches the HF `*ForSequenceClassification`
+folder (our `checkpoints.load_reward_model` and transformers' AutoModelForSequenceClassification
+read it) under reward_model.cache_dir, keyed by a hash of what it depends on (`cache_key`);
+reward_model.json in it holds the accuracies, losses and times. A config names it
+reward.model_path "pretrained:reward_model", which `experiment.resolve_model_ref` resolves (the
+student first).
 """
 from __future__ import annotations
 
@@ -77,23 +79,16 @@ def _data_key(path: str) -> str:
   return cache.file_hash(path) if path and Path(path).expanduser().is_file() else path
 
 
-def cache_key(config) -> str:
+def cache_key(config, student_key: str) -> str:
   """Hash of everything the reward model depends on: config.reward_model (cache_dir aside), the
   task's pairs (a local file's contents, not its path; a hub name; the split), data.question_len,
-  the seed and the student. A
-  "pretrained:" student is keyed by its pretraining config; a local student folder by its path
-  (replace it in place and delete the cache entry)."""
+  the seed and the student, as `student_key` says what it is (`experiment.resolve_model_ref`)."""
   task = config.task
-  student = str(config.student.path)
-  if student.startswith("pretrained:"):
-    student += "@" + pretrain.cache_key(config.pretrain)
-  else:
-    student = str(Path(student).expanduser().resolve())
   return cache.content_key({
       "reward_model": {k: v for k, v in config.reward_model.to_dict().items() if k != "cache_dir"},
       "task": {k: task[k] for k in ("name", "eval_size", "skip_malformed")},
       "data": {"train": _data_key(task.train_path), "eval": _data_key(task.eval_path)},
-      "question_len": config.data.question_len, "seed": config.seed, "student": student})
+      "question_len": config.data.question_len, "seed": config.seed, "student": student_key})
 
 
 # ------------------------------------------------------------------------------ data
@@ -208,12 +203,11 @@ def evaluate_pairs(model: ScalarHeadLM, batches: list[dict], desc: str = "") -> 
 # ------------------------------------------------------------------------------ build
 
 
-def build(config, folder: Path) -> None:
-  """Trains the reward model; writes it (HF folder + tokenizer) and REPORT into `folder`."""
-  from wst_jax.train import resolve_model_paths
+def build(config, student_path: Path, folder: Path) -> None:
+  """Trains the reward model from the student's folder; writes it (HF folder + tokenizer) and
+  REPORT into `folder`."""
   start = time.time()
   rm = config.reward_model
-  student_path = resolve_model_paths(config)["student"]
   tokenizer = checkpoints.load_tokenizer(student_path)
   task = pairs(config)
   rows, cut = {}, {}
@@ -242,20 +236,20 @@ def build(config, folder: Path) -> None:
   (folder / REPORT).write_text(json.dumps(report, indent=2))
 
 
-def ensure_reward_model(config) -> Path:
-  """-> the reward model's HF folder under config.reward_model.cache_dir, built once (atomically:
-  `cache.build_once`)."""
+def ensure_reward_model(config, student: Path, student_key: str) -> Path:
+  """-> the reward model's HF folder under config.reward_model.cache_dir, built once from the
+  student's folder (atomically: `cache.build_once`). student_key: see `cache_key`."""
   validate(config)
   final = (Path(config.reward_model.cache_dir).expanduser() / "reward_model"
-           / cache_key(config))
-  return cache.build_once(final, REPORT, lambda folder: build(config, folder))
+           / cache_key(config, student_key))
+  return cache.build_once(final, REPORT, lambda folder: build(config, student, folder))
 
 
 def main(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
   start = time.time()
-  folder = ensure_reward_model(_CONFIG.value)
+  folder = experiment.resolve_model_ref(experiment.PRETRAINED + "reward_model", _CONFIG.value)
   report = json.loads((folder / REPORT).read_text())
   held_out, train = report["after"]["held_out"], report["after"]["train"]
   print(f"reward model: {folder}")
@@ -268,6 +262,8 @@ def main(argv):
 if __name__ == "__main__":
   from absl import app
   from ml_collections import config_flags
+
+  from wst_jax import experiment
 
   _CONFIG = config_flags.DEFINE_config_file("config", "configs/hh_rlhf_cpu.py",
                                             "A config with a reward_model block.")

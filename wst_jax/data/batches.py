@@ -18,6 +18,15 @@ def segment_ids(tokenizer, text: str) -> list[int]:
   return tokenizer.encode(text, add_special_tokens=False)
 
 
+def user_turn_ids(tokenizer, text: str) -> list[int]:
+  """`text` as one user turn of the tokenizer's chat template, ready for the assistant's reply;
+  plain `text` (with the tokenizer's own BOS) where there is no template (a base model)."""
+  if tokenizer.chat_template:
+    return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
+                                              add_generation_prompt=True, return_dict=False))
+  return tokenizer(text)["input_ids"]
+
+
 def left_pad(rows: list[list[int]], length: int, pad_id: int, field: str):
   """-> ids int32[N, length], mask bool[N, length]; raises naming `field` if a row is longer."""
   ids = np.full((len(rows), length), pad_id, np.int32)

@@ -27,7 +27,7 @@ def load_eval_examples(task_cfg, seed: int = 0) -> list[dict]:
   """A seeded subset of task.eval_size rows (0 = all) of task.eval_path."""
   if not task_cfg.eval_path:
     raise ValueError(f"config.task.eval_path is empty for task {task_cfg.name!r}: give a local "
-                     "file (e.g. ../shared/assets/gsm8k/test.jsonl) or a hub name.")
+                     "file, a task data reference (e.g. assets:gsm8k/test.jsonl) or a hub name.")
   evals = tasks.shuffle(_read(task_cfg.name, task_cfg.eval_path, task_cfg, "test"), seed)
   return evals[:task_cfg.eval_size] if task_cfg.eval_size else evals
 
@@ -44,8 +44,8 @@ def load_task(task_cfg, seed: int = 0) -> Task:
     from wst_jax.data import synthetic
     return Task(*synthetic.train_eval(task_cfg, seed))
   if not task_cfg.train_path:
-    raise ValueError(f"config.task.train_path is empty for task {name!r}: give a local file "
-                     "(e.g. ../shared/assets/gsm8k/train.jsonl) or a hub name.")
+    raise ValueError(f"config.task.train_path is empty for task {name!r}: give a local file, "
+                     "a task data reference (e.g. assets:gsm8k/train.jsonl) or a hub name.")
   train = _read(name, task_cfg.train_path, task_cfg, "train")
   if task_cfg.eval_path:
     evals = load_eval_examples(task_cfg, seed)

@@ -5,6 +5,8 @@ Sources (`source` argument of every reader):
     bad row is reported as `file:line`; or `.parquet`, read through `datasets`;
   * a Hugging Face hub name ("openai/gsm8k"), read through `datasets.load_dataset`; this needs
     hub access (or the hub cache) and fails offline with a message asking for a local path.
+  * a task data reference ("assets:gsm8k/train.jsonl"): the local file `data.assets.resolve`
+    finds for it ($WST_ASSETS, ../shared/assets, the hub cache), read as above.
 
 Local JSON lines are parsed with `json` rather than `datasets.load_dataset("json")`: its pyarrow
 reader rejects a whole file for one bad or differently typed row, without naming the line, so
@@ -38,6 +40,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from wst_jax.data import assets
 from wst_jax.verifiers import extract_boxed, parse_number
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ def _rows(source: str, split: str, hub_kwargs: dict) -> Iterator[tuple[str, str,
 
   A JSON line that does not parse is yielded as a `MalformedRowError` in place of its row.
   """
+  source = assets.resolve(source)
   path = Path(source).expanduser()
   if path.is_file():
     suffix = next((s for s in _FILE_SUFFIXES if path.name.endswith(s)), "")

@@ -1,4 +1,6 @@
-"""Our own Flax NNX decoder-only LM for the GPT-2 and Llama families.
+"""Our own Flax NNX decoder-only LM for the GPT-2 and Llama families (the latter with Gemma 3's
+options: (1 + w) RMSNorm, scaled embeddings, post-norms, q/k norms, sliding-window layers, softcaps;
+see `DecoderConfig`).
 
 Every parameter is an `nnx.Param` with `axes` metadata (logical axis names: "vocab", "embed",
 "heads", "kv_heads", "head_dim", "mlp", "layers"...), so `wst_jax.sharding` can place it on a mesh.
@@ -64,29 +66,36 @@ class Dense(nnx.Module):
 
 
 class Norm(nnx.Module):
-  """LayerNorm (gpt2) or RMSNorm (llama); statistics in f32."""
+  """LayerNorm (gpt2) or RMSNorm (llama) over the last axis, of size `dim` (default hidden_size)
+  with logical name `axis`; statistics in f32. RMSNorm multiplies by (cfg.norm_offset + scale),
+  in f32 (Gemma stores scale - 1 and scales before casting back, as HF does)."""
 
-  def __init__(self, cfg: DecoderConfig, rngs):
+  def __init__(self, cfg: DecoderConfig, rngs, dim: int | None = None, axis: str = "embed"):
+    dim = dim or cfg.hidden_size
     self.rms = cfg.family == "llama"
     self.eps = cfg.norm_eps
-    self.scale = nnx.Param(jnp.ones((cfg.hidden_size,), cfg.weight_dtype), axes=("embed",))
-    self.bias = None if self.rms else _param(rngs, (cfg.hidden_size,), ("embed",),
-                                             cfg.weight_dtype, zeros=True)
+    self.offset = cfg.norm_offset
+    self.scale = nnx.Param(jnp.full((dim,), 1.0 - self.offset, cfg.weight_dtype), axes=(axis,))
+    self.bias = None if self.rms else _param(rngs, (dim,), (axis,), cfg.weight_dtype, zeros=True)
 
   def __call__(self, x):
     dtype, x = x.dtype, x.astype(jnp.float32)
     if self.rms:
       x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + self.eps)
-      return (x * self.scale[...].astype(jnp.float32)).astype(dtype)
+      scale = self.scale[...].astype(jnp.float32)
+      if self.offset:
+        scale = self.offset + scale
+      return (x * scale).astype(dtype)
     x = x - jnp.mean(x, -1, keepdims=True)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + self.eps)
     return (x * self.scale[...] + self.bias[...]).astype(dtype)
 
 
-def rope_frequencies(cfg: DecoderConfig) -> jax.Array:
-  """Inverse frequencies [Dh/2] with the config's theta and scaling (default/linear/llama3)."""
-  inv = 1.0 / cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim)
-  scaling = dict(cfg.rope_scaling or {})
+def rope_frequencies(cfg: DecoderConfig, sliding: bool = False) -> jax.Array:
+  """Inverse frequencies f32[Dh/2] of a full (or sliding) layer, with its theta and scaling
+  (default/linear/llama3): `cfg.rope(sliding)`."""
+  theta, scaling = cfg.rope(sliding)
+  inv = 1.0 / theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim)
   kind = scaling.get("rope_type", scaling.get("type", "default"))
   if kind == "linear":
     inv = inv / scaling["factor"]
@@ -108,15 +117,26 @@ def apply_rope(x, positions, inv_freq):
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
 
-class Attention(nnx.Module):
+def softcap(x, cap: float | None):
+  """cap * tanh(x / cap): bounds x to (-cap, cap) smoothly (Gemma 2's softcapping); None: x."""
+  return x if cap is None else jnp.tanh(x / cap) * cap
 
-  def __init__(self, cfg: DecoderConfig, rngs):
+
+class Attention(nnx.Module):
+  """Causal grouped-query self-attention; with `sliding`, each token sees only the last
+  `cfg.sliding_window` cache slots (itself included)."""
+
+  def __init__(self, cfg: DecoderConfig, rngs, sliding: bool = False):
     d, h, kv, dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.cfg = cfg
+    self.sliding = sliding
     self.q = Dense(d, h * dh, ("embed", "heads"), cfg, rngs, bias=cfg.qkv_bias)
     self.k = Dense(d, kv * dh, ("embed", "kv_heads"), cfg, rngs, bias=cfg.qkv_bias)
     self.v = Dense(d, kv * dh, ("embed", "kv_heads"), cfg, rngs, bias=cfg.qkv_bias)
     self.o = Dense(h * dh, d, ("heads", "embed"), cfg, rngs, bias=cfg.out_bias)
+    # One norm per head vector, shared by all heads.
+    self.q_norm = Norm(cfg, rngs, dh, "head_dim") if cfg.qk_norm else None
+    self.k_norm = Norm(cfg, rngs, dh, "head_dim") if cfg.qk_norm else None
 
   def __call__(self, x, positions, kv_mask, cache: LayerCache, cache_index):
     """x [B,T,D]; kv_mask bool[B,S] marks real tokens in the cache (incl. these T);
@@ -126,8 +146,10 @@ class Attention(nnx.Module):
     q = self.q(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
     k = self.k(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     v = self.v(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
     if cfg.family == "llama":
-      inv = rope_frequencies(cfg)
+      inv = rope_frequencies(cfg, self.sliding)
       q, k = apply_rope(q, positions, inv), apply_rope(k, positions, inv)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)            # [B, Hkv, T, Dh]
     k_all = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, 2)
@@ -137,43 +159,68 @@ class Attention(nnx.Module):
     g = cfg.num_heads // cfg.num_kv_heads
     qg = q.reshape(b, t, cfg.num_kv_heads, g, cfg.head_dim)
     scores = jnp.einsum("btkgd,bksd->bkgts", qg, k_all).astype(jnp.float32)
-    scores = scores / math.sqrt(cfg.head_dim)
-    q_slot = cache_index + jnp.arange(t)
-    visible = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & kv_mask[:, None, :]  # [B,T,S]
+    scalar = cfg.head_dim if cfg.query_pre_attn_scalar is None else cfg.query_pre_attn_scalar
+    scores = softcap(scores / math.sqrt(scalar), cfg.attn_softcap)
+    q_slot, kv_slot = cache_index + jnp.arange(t), jnp.arange(s)
+    visible = kv_slot[None, :] <= q_slot[:, None]                                    # [T, S]
+    if self.sliding:
+      # HF's sliding_window_overlay: kv > q - window, i.e. the last `window` slots, q included.
+      # Slots, not positions: a left-padded row's real tokens fill consecutive slots, so the
+      # two distances agree (as in HF, whose masks also index cache slots). Sliding layers keep
+      # the full-length cache and mask it: simplest, one cache layout for every layer.
+      visible = visible & (kv_slot[None, :] > q_slot[:, None] - cfg.sliding_window)
+    visible = visible[None] & kv_mask[:, None, :]                                   # [B, T, S]
     scores = jnp.where(visible[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_all.dtype)
     out = jnp.einsum("bkgts,bksd->btkgd", probs, v_all).reshape(b, t, -1)
     return self.o(out), LayerCache(k_all, v_all)
 
 
+_TANH_GELU = lambda x: jax.nn.gelu(x, approximate=True)
+ACTIVATIONS = {"silu": jax.nn.silu, "gelu_new": _TANH_GELU, "gelu_pytorch_tanh": _TANH_GELU,
+               "gelu": lambda x: jax.nn.gelu(x, approximate=False)}
+
+
 class MLP(nnx.Module):
+  """gpt2: down(act(up(x))); llama: gated, down(act(gate(x)) * up(x)) (SwiGLU, GeGLU)."""
 
   def __init__(self, cfg: DecoderConfig, rngs):
     d, f, bias = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
-    self.swiglu = cfg.family == "llama"
-    self.act = {"silu": jax.nn.silu, "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-                "gelu": lambda x: jax.nn.gelu(x, approximate=False)}[cfg.activation]
+    self.gated = cfg.family == "llama"
+    if cfg.activation not in ACTIVATIONS:
+      raise ValueError(f"activation={cfg.activation!r} (hidden_act / hidden_activation in "
+                       f"config.json) is not supported; supported: {sorted(ACTIVATIONS)}.")
+    self.act = ACTIVATIONS[cfg.activation]
     self.up = Dense(d, f, ("embed", "mlp"), cfg, rngs, bias=bias)
-    self.gate = Dense(d, f, ("embed", "mlp"), cfg, rngs, bias=bias) if self.swiglu else None
+    self.gate = Dense(d, f, ("embed", "mlp"), cfg, rngs, bias=bias) if self.gated else None
     self.down = Dense(f, d, ("mlp", "embed"), cfg, rngs, bias=bias)
 
   def __call__(self, x):
-    h = self.act(self.gate(x)) * self.up(x) if self.swiglu else self.act(self.up(x))
+    h = self.act(self.gate(x)) * self.up(x) if self.gated else self.act(self.up(x))
     return self.down(h)
 
 
 class Block(nnx.Module):
+  """Pre-norm residual block; with `cfg.post_norms` the attention and MLP outputs are normed
+  too before they join the residual stream (Gemma's sandwich norm)."""
 
-  def __init__(self, cfg: DecoderConfig, rngs):
+  def __init__(self, cfg: DecoderConfig, rngs, sliding: bool = False):
     self.attn_norm = Norm(cfg, rngs)
-    self.attn = Attention(cfg, rngs)
+    self.attn = Attention(cfg, rngs, sliding)
+    self.attn_post_norm = Norm(cfg, rngs) if cfg.post_norms else None
     self.mlp_norm = Norm(cfg, rngs)
     self.mlp = MLP(cfg, rngs)
+    self.mlp_post_norm = Norm(cfg, rngs) if cfg.post_norms else None
 
   def __call__(self, x, positions, kv_mask, cache, cache_index):
     h, cache = self.attn(self.attn_norm(x), positions, kv_mask, cache, cache_index)
+    if self.attn_post_norm is not None:
+      h = self.attn_post_norm(h)
     x = x + h
-    return x + self.mlp(self.mlp_norm(x)), cache
+    h = self.mlp(self.mlp_norm(x))
+    if self.mlp_post_norm is not None:
+      h = self.mlp_post_norm(h)
+    return x + h, cache
 
 
 class Decoder(nnx.Module):
@@ -185,7 +232,7 @@ class Decoder(nnx.Module):
     self.embed = _param(rngs, (cfg.vocab_size, d), ("vocab", "embed"), cfg.weight_dtype)
     self.pos_embed = (_param(rngs, (cfg.max_position_embeddings, d), (None, "embed"),
                              cfg.weight_dtype, std=0.01) if cfg.family == "gpt2" else None)
-    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.layers = nnx.List([Block(cfg, rngs, cfg.is_sliding(i)) for i in range(cfg.num_layers)])
     self.final_norm = Norm(cfg, rngs)
     self.lm_head = (None if cfg.tie_word_embeddings else
                     _param(rngs, (d, cfg.vocab_size), ("embed", "vocab"), cfg.weight_dtype))
@@ -198,6 +245,9 @@ class Decoder(nnx.Module):
     if cache is None:
       cache = init_cache(cfg, tokens.shape[0], tokens.shape[1])
     x = self.embed[...][tokens].astype(cfg.compute_dtype)
+    if cfg.scale_embeddings:
+      # HF rounds sqrt(hidden_size) to the weights' dtype first (bf16: sqrt(3072) -> 55.5).
+      x = x * jnp.asarray(math.sqrt(cfg.hidden_size), cfg.weight_dtype).astype(x.dtype)
     if self.pos_embed is not None:
       x = x + self.pos_embed[...][positions].astype(cfg.compute_dtype)
     new_cache = []
@@ -208,10 +258,12 @@ class Decoder(nnx.Module):
     return self.logits(hidden), hidden, new_cache
 
   def logits(self, hidden):
-    """The LM head: final hidden states [..., D] -> f32 logits [..., V]."""
+    """The LM head: final hidden states [..., D] -> f32 logits [..., V] (softcapped in f32 when
+    cfg.final_softcap is set)."""
     cfg = self.cfg
     head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
-    return matmul_2d(hidden, head, cfg.compute_dtype).astype(jnp.float32)
+    return softcap(matmul_2d(hidden, head, cfg.compute_dtype).astype(jnp.float32),
+                   cfg.final_softcap)
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:

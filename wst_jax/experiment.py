@@ -1,0 +1,214 @@
+r"""The experiment a config describes, as train.py and eval.py both start it: model references ->
+local folders -> mesh -> memory check -> tokenizers, models, reward, task (`Setup`); the train
+state and its checkpoints.
+
+Imports run one way: pretrain <- reward_model <- experiment <- eval <- train, and
+optim <- plan <- experiment. Nothing here imports train or eval.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from wst_jax import checkpoints, plan, pretrain, reward_model, rewards, sharding, zoo
+from wst_jax.config_checks import validate
+from wst_jax.data import batches
+from wst_jax.data.registry import load_task
+from wst_jax.models import ScalarHeadLM
+from wst_jax.step import Roles, Rollout, TrainState
+
+PRETRAINED = "pretrained:"
+
+# ------------------------------------------------------------------------------ model references
+
+
+def resolve_model_ref(ref: str, config) -> Path:
+  """A model reference of the config -> the local HF folder it names, built on first use.
+
+  "pretrained:teacher" / "pretrained:student": the embedded default, pretrained from
+  config.pretrain and cached (`pretrain.ensure_pretrained`); "pretrained:reward_model": the
+  reward model trained from the student on the task's preference pairs and cached
+  (`reward_model.ensure_reward_model`); "zoo:NAME", a hub repo id, a local folder or .gguf
+  file: `zoo.resolve` (a zoo model is fetched and converted on first use).
+  """
+  ref = str(ref)
+  if not ref.startswith(PRETRAINED):
+    return zoo.resolve(ref)
+  name = ref.removeprefix(PRETRAINED)
+  if name in ("teacher", "student"):
+    return pretrain.ensure_pretrained(config.pretrain)[name]
+  if name == "reward_model":
+    # Trained from the student; cached under what the student is: a "pretrained:" one by its
+    # pretraining config (any clone and cache_dir finds the entry), a folder by its path.
+    student_ref = str(config.student.path)
+    student = resolve_model_ref(student_ref, config)
+    student_key = (f"{student_ref}@{pretrain.cache_key(config.pretrain)}"
+                   if student_ref.startswith(PRETRAINED) else str(student.expanduser().resolve()))
+    return reward_model.ensure_reward_model(config, student, student_key)
+  raise ValueError(f"model reference {ref!r}: {PRETRAINED!r} names teacher, student or "
+                   "reward_model.")
+
+
+def resolve_model_paths(config) -> dict[str, Path]:
+  """Every model folder the run reads, by role: "teacher", "student", "reward_model" (reward.kind
+  "reward_model") and "eval_teacher" (eval.teacher_path set). What must be built is built here,
+  before any weights are read."""
+  refs = {"teacher": config.teacher.path, "student": config.student.path}
+  if config.reward.kind == "reward_model":
+    refs["reward_model"] = config.reward.model_path
+  if config.eval.teacher_path:
+    refs["eval_teacher"] = config.eval.teacher_path
+  return {role: resolve_model_ref(ref, config) for role, ref in refs.items()}
+
+
+# ------------------------------------------------------------------------------ setup
+
+
+class Setup:
+  """Everything a run (train or eval) builds from a config before the first step."""
+
+  def __init__(self, config):
+    validate(config)
+    self.config = config
+    self.mesh = sharding.make_mesh(config.mesh.to_dict())
+    self.paths = resolve_model_paths(config)
+    # A config that cannot fit is refused here, before any weights are read.
+    memory_plan = plan.check_run(config, self.mesh, self.paths)
+    if memory_plan is not None and jax.process_index() == 0:
+      logging.info("%s", plan.format_plan(memory_plan))
+    self.teacher_tokenizer = checkpoints.load_tokenizer(self.paths["teacher"])
+    self.tokenizer = checkpoints.load_tokenizer(self.paths["student"])  # answers, rewards
+    self.rollout = Rollout.from_config(config, self.teacher_tokenizer, self.tokenizer, self.mesh)
+    # Each weight is read straight into its sharding: no device holds a whole sharded weight.
+    teacher_lm = checkpoints.load_decoder(self.paths["teacher"], mesh=self.mesh,
+                                          **config.teacher.dtypes)
+    student = checkpoints.load_decoder(self.paths["student"], mesh=self.mesh,
+                                       **config.student.dtypes)
+    teacher = ScalarHeadLM(teacher_lm.cfg, rngs=nnx.Rngs(config.seed), lm=teacher_lm)
+    teacher_def, teacher_params = nnx.split(teacher, nnx.Param)
+    reference_def, reference_params = nnx.split(teacher_lm, nnx.Param)
+    student_def, student_params = nnx.split(student, nnx.Param)
+    self.roles = Roles(teacher_def, reference_def, student_def)
+    # The reference is a copy: the teacher's buffers are donated to (and updated by) the step.
+    self.frozen = {"reference": jax.tree.map(jnp.copy, reference_params),
+                   "student": student_params}
+    self.reward_fn = self._reward_fn()
+    self.teacher_params = teacher_params
+    self.task = load_task(config.task, config.seed)
+
+  def _reward_fn(self):
+    if self.config.reward.kind == "verifier":
+      return rewards.verifier_reward(self.config.task.verifier, self.tokenizer, self.mesh)
+    model = checkpoints.load_reward_model(self.paths["reward_model"], mesh=self.mesh)
+    rm_def, rm_params = nnx.split(model, nnx.Param)
+    self.frozen["reward_model"] = rm_params
+    return rewards.reward_model_reward(rm_def)
+
+  def encode(self, examples):
+    return batches.encode_examples(examples, self.teacher_tokenizer, self.tokenizer, self.config)
+
+
+# ------------------------------------------------------------------------------ train state
+
+
+def init_state(setup: Setup, tx: optax.GradientTransformation) -> tuple[TrainState, TrainState]:
+  """-> (state, shardings): the sharded initial state (params like their logical axes, optimizer
+  state like the params) and the sharding of each of its leaves."""
+  mesh, config = setup.mesh, setup.config
+  param_sh = sharding.state_shardings(setup.teacher_params, mesh)
+  params = jax.device_put(setup.teacher_params, param_sh)
+  abstract_opt = jax.eval_shape(tx.init, params)
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
+                                 transform_non_params=lambda _: sharding.replicated(mesh),
+                                 is_leaf=lambda x: isinstance(x, nnx.Variable))
+  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+  rep = sharding.replicated(mesh)
+  state = TrainState(jax.device_put(jnp.int32(0), rep), params, opt_state,
+                     jax.device_put(jnp.float32(config.ppo.kl_coef), rep),
+                     jax.device_put(jax.random.PRNGKey(config.seed), rep))
+  shardings = TrainState(rep, param_sh, opt_sh, rep, rep)
+  return state, shardings
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def checkpoint_manager(workdir: Path, config) -> ocp.CheckpointManager:
+  # Orbax writes each step to a temporary folder and renames it when complete: a crash never
+  # leaves a half-written checkpoint that restore would pick up.
+  return ocp.CheckpointManager(
+      (workdir / "checkpoints").absolute(),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints,
+                                           enable_async_checkpointing=True))
+
+
+def on_every_process(ok: bool) -> bool:
+  """True when `ok` holds on every process (each reads only its own shards of a checkpoint)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+def gist(err: Exception, limit: int = 300) -> str:
+  """An error for one log line: its first line without tensorstore's spec dump, cut to its last
+  `limit` characters (the file and what is wrong with it)."""
+  text = (str(err).splitlines() or [""])[0].split(" [tensorstore_spec")[0]
+  return f"{type(err).__name__}: {'...' if len(text) > limit else ''}{text[-limit:]}"
+
+
+def set_aside(folder: Path) -> Path:
+  """Renames `folder` to the first free `<name>.damaged[.N]` beside it (orbax lists only
+  step-number names) -> the new path."""
+  for n in itertools.count():
+    aside = folder.with_name(f"{folder.name}.damaged" + (f".{n}" if n else ""))
+    if not aside.exists():
+      return folder.rename(aside)
+
+
+def restore_or_init(mngr: ocp.CheckpointManager, state: TrainState,
+                    shardings: TrainState) -> TrainState:
+  """The newest checkpoint of `mngr` that can be read, restored with the shapes of `state` onto
+  `shardings`; `state` itself when there is none.
+
+  Newer checkpoints that cannot be read (truncated or damaged files) are skipped, each with one
+  warning naming its folder, and renamed <step>.damaged (orbax never saves a step whose folder
+  exists; nothing is deleted). Raises RuntimeError, renaming nothing, when none can be read.
+  """
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          state, shardings)
+  unreadable = {}  # step -> why
+  for step in reversed(mngr.all_steps()):
+    try:
+      restored, why = mngr.restore(step, args=ocp.args.StandardRestore(abstract)), ""
+    except (OSError, ValueError) as err:  # tensorstore and JSON errors are ValueErrors
+      restored, why = None, gist(err)
+    if on_every_process(not why):
+      break
+    unreadable[step] = why or "unreadable on another process"
+  else:
+    if unreadable:
+      raise RuntimeError(
+          f"no checkpoint in {mngr.directory} can be read; nothing was deleted or renamed. "
+          + "; ".join(f"step {s}: {why}" for s, why in unreadable.items())
+          + ". Restore them from a copy, or move them away to start afresh. (A config whose "
+          "model or optimizer differs from the run that wrote them fails the same way.)")
+    return state
+  if unreadable:
+    if jax.process_index() == 0:
+      for bad, why in unreadable.items():
+        folder = Path(mngr.directory) / str(bad)
+        logging.warning("checkpoint %s cannot be read (%s); renamed it %s and resume from step "
+                        "%d", folder, why, set_aside(folder).name, step)
+    multihost_utils.sync_global_devices("wst: damaged checkpoints set aside")
+    mngr.reload()  # forget the renamed steps: their numbers are saved again
+  logging.info("resuming from checkpoint step %d", step)
+  return restored
