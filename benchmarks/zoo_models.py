@@ -94,20 +94,19 @@ def measure(name: str) -> dict:
 def main(names: list[str]) -> None:
   from wst_jax import zoo
   names = names or list(zoo.REGISTRY)
-  results = []
+  out = Path(__file__).with_name("zoo_models.json")
   for name in names:   # a fresh process each: peak RSS is the model's own
     done = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True,
                           text=True)
     if done.returncode != 0:
-      raise RuntimeError(f"{name}: failed\n{done.stderr[-3000:]}")
-    results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(json.dumps(results[-1]), flush=True)
-  # Models measured earlier and not now keep their entries (each carries its own date).
-  out = Path(__file__).with_name("zoo_models.json")
-  kept = json.loads(out.read_text())["results"] if out.is_file() else []
-  results = [r for r in kept if r["model"] not in names] + results
-  out.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                             "cpu_count": os.cpu_count(), "results": results}, indent=2))
+      raise RuntimeError(f"{name}: failed (exit code {done.returncode})\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(result), flush=True)
+    # Written after each model; models measured earlier keep their entries (each has its date).
+    kept = json.loads(out.read_text())["results"] if out.is_file() else []
+    out.write_text(json.dumps({
+        "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "results": [r for r in kept if r["model"] != name] + [result]}, indent=2))
   print(f"wrote {out}")
 
 

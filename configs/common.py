@@ -34,7 +34,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.task = dict(name="gsm8k", train_path="", eval_path="", eval_size=200, max_train=0,
                 verifier="gsm8k", skip_malformed=False)
 
-  c.prompt = dict(teacher_template=TEACHER_TEMPLATE, student_prefix=STUDENT_PREFIX,
+  # chat: "" = the templates below are the whole prompt text; "system" / "user" = they are turn
+  # contents, wrapped in each model's own chat template (`batches.chat_prompts`): the teacher's
+  # template is its user turn, the student's instruction is its system turn ("system") or opens
+  # its user turn ("user"), the question (student_suffix) is its user turn.
+  c.prompt = dict(chat="", teacher_template=TEACHER_TEMPLATE, student_prefix=STUDENT_PREFIX,
                   student_suffix=STUDENT_SUFFIX, human_instruction=HUMAN_INSTRUCTION)
   # retokenized_instruction_len: student-side instruction length when the vocabularies differ.
   # question_len: a longer question (an HH-RLHF dialogue) keeps its last question_len student

@@ -2,7 +2,8 @@
 # Local launcher: one machine (CPU by default, or one GPU host with --gpu).
 # Creates .venv in the repo root if missing, installs wst-jax into it, then runs
 #   python -m wst_jax.train --config "${CONFIG:-configs/gsm8k_cpu.py}" [TRAIN_FLAGS ...]
-# with HF_HUB_OFFLINE=1 (models and tokenizers come from local folders / the cache, never the Hub).
+# with HF_HUB_OFFLINE=1 unless set (models, tokenizers and data come from local folders / the
+# caches; HF_HUB_OFFLINE=0 lets hub names download).
 # Any argument that is not one of the flags below is passed on to the train command, e.g.
 #   launch/local.sh --config.train.num_steps=20
 set -euo pipefail
@@ -23,7 +24,7 @@ usage() {
 Usage: $PROG [flags] [TRAIN_FLAG ...] [-- TRAIN_FLAG ...]
 
 Creates $VENV (python3 -m venv) in the repo root if missing, installs wst-jax into it
-(pip install -e .) and runs 'python -m wst_jax.train' with HF_HUB_OFFLINE=1.
+(pip install -e .) and runs 'python -m wst_jax.train' with HF_HUB_OFFLINE=\${HF_HUB_OFFLINE:-1}.
 
 Flags:
   --config PATH   training config (default: \$CONFIG or configs/gsm8k_cpu.py; now: $config)
@@ -104,10 +105,10 @@ main() {
   parse_flags "$@"
   cd "$REPO_ROOT"
   if [[ $install == true ]]; then install_package; fi
-  export HF_HUB_OFFLINE=1
+  export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
   # `env` makes the offline setting visible in the printed command (it is also exported).
   # ${a[@]+"${a[@]}"}: bash < 4.4 (macOS /bin/bash) calls an empty array unbound under set -u.
-  run env HF_HUB_OFFLINE=1 "$VENV/bin/python" -m wst_jax.train --config "$config" \
+  run env "HF_HUB_OFFLINE=$HF_HUB_OFFLINE" "$VENV/bin/python" -m wst_jax.train --config "$config" \
     ${train_args[@]+"${train_args[@]}"}
 }
 

@@ -25,13 +25,17 @@ RUN_CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py")
                      if p.stem not in NOT_RUN_CONFIGS)
 # Paper-scale config -> a device memory (GiB) it must not fit in: a TPU v5e chip for the 8 x H100
 # configs, half of one for the 32-chip pod config.
-TOO_SMALL_GIB = {"gsm8k": 16.0, "math500": 16.0, "hh_rlhf": 16.0, "pod_gsm8k": 8.0}
+TOO_SMALL_GIB = {"gsm8k": 16.0, "math500": 16.0, "hh_rlhf": 16.0, "pod_gsm8k": 8.0,
+                 "real_gsm8k_gpu": 24.0}   # the one-GPU real-model config: sized for 80 GB
 
 
 def variants(name: str) -> list[str]:
-  """"" and, where get_config takes an argument, "tiny"."""
-  get_config = importlib.import_module(f"configs.{name}").get_config
-  return ["", "tiny"] if inspect.signature(get_config).parameters else [""]
+  """The config's VARIANTS where it lists them, else "" and, where get_config takes an
+  argument, "tiny"."""
+  module = importlib.import_module(f"configs.{name}")
+  if hasattr(module, "VARIANTS"):
+    return list(module.VARIANTS)
+  return ["", "tiny"] if inspect.signature(module.get_config).parameters else [""]
 
 
 def load(name: str, arg: str = ""):
@@ -65,7 +69,7 @@ def test_cpu_configs_without_task_data(name, no_task_data):  # noqa: F811 (the f
   assert "\n" not in str(error.value)
 
 
-def test_paper_scale_configs_are_the_ones_with_a_plan_block():
+def test_configs_with_a_plan_block_are_the_sized_ones():
   assert sorted(n for n in RUN_CONFIGS if load(n).get("plan")) == sorted(TOO_SMALL_GIB)
   assert {"gsm8k_cpu", "math500_cpu"} <= set(RUN_CONFIGS)
   assert "tiny" in variants("math500_cpu")

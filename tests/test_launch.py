@@ -49,7 +49,7 @@ def env(tmp_path):
   gcloud.chmod(0o755)
   (tmp_path / "tmp").mkdir()
   (tmp_path / "cloudsdk").mkdir()
-  environ = {k: v for k, v in os.environ.items() if k != "CONFIG"}
+  environ = {k: v for k, v in os.environ.items() if k not in ("CONFIG", "HF_HUB_OFFLINE")}
   environ.update(PATH=f"{fake_bin}{os.pathsep}{environ['PATH']}",
                  FAKE_GCLOUD_LOG=str(tmp_path / "gcloud_calls.log"),
                  TMPDIR=str(tmp_path / "tmp"), CLOUDSDK_CONFIG=str(tmp_path / "cloudsdk"),
@@ -345,6 +345,13 @@ def test_local_no_install_and_config_env(env):
   assert printed(result.stdout) == [
       ["env", "HF_HUB_OFFLINE=1", ".venv/bin/python", "-m", "wst_jax.train",
        "--config", "configs/other.py"]]
+
+
+def test_local_hub_access_when_asked(env):
+  env["HF_HUB_OFFLINE"] = "0"
+  result = run(LOCAL_SH, "--dry-run", "--no-install", env=env)
+  assert result.returncode == 0, result.stderr
+  assert printed(result.stdout)[0][:2] == ["env", "HF_HUB_OFFLINE=0"]
 
 
 def test_local_creates_venv_when_missing(env, tmp_path):

@@ -71,9 +71,9 @@ def test_bytes_by_hand_on_one_device():
       4 * 2 * 6 * 8 * (f32 + f32) + 4 * 6 * 16 * 3 * f32
   assert it["prompt forward: student (1 layer)"].per_device == \
       4 * 4 * 19 * 22 * (f32 + bf16) + 4 * 19 * 32 * 3 * bf16
-  # Policy and reference: f32 logits [4 rows, 8 tokens, 16] + 3 copies over the 2 new tokens.
-  assert it["scoring logits: policy + reference"].per_device == \
-      2 * (4 * 8 * 16 + 3 * 4 * 2 * 16) * f32
+  # Policy and reference: f32 logits [4 rows, 2 new tokens, 16] + 3 copies; the LM head runs
+  # over the instruction tokens only.
+  assert it["scoring logits: policy + reference"].per_device == 2 * 4 * (4 * 2 * 16) * f32
   resident = sum(i.per_device for i in p.items if i.phase == "resident")
   assert p.phase("resident") == resident and p.peak == resident + max(p.phases.values())
   assert all(i.total == i.per_device for i in p.items)  # one device holds everything
@@ -86,7 +86,7 @@ def test_activation_estimate_by_hand():
   d, h, q, kv, f, v = 8, 2, 8, 4, 16, 16
   per_layer = (2 * d * 4 + 2 * d * 4) + (2 * q * 4 + q * 4) + (4 * kv * 4 + kv * 4) \
       + h * t * (4 + 4) + 3 * f * 4
-  head = (2 * t + 3 * n) / t * v * 4
+  head = 5 * n / t * v * 4   # logits, their gradient and 3 copies, over the new tokens only
   want = rows * t * (per_layer + head)
   got = items(plan.make_plan(tiny_config()))["PPO activations (teacher fwd/bwd)"]
   assert got.per_device == got.total == int(want)

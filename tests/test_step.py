@@ -172,8 +172,10 @@ def test_kl_is_zero_against_the_reference_at_init_and_uses_pre_update_params(ste
     positions, p = positions_from_mask(seq_mask), batch["teacher_prompt"].shape[1]
     logits, _ = nnx.merge(setup.roles.teacher, params)(sequence, positions, seq_mask)
     ref_logits, _, _ = nnx.merge(setup.roles.reference, reference)(sequence, positions, seq_mask)
-    logp, _ = step_lib.instruction_logprobs(logits, sequence, p, config.rollout.temperature)
-    ref_logp, _ = step_lib.instruction_logprobs(ref_logits, sequence, p,
+    # Full-sequence logits here, sliced by hand: the step's LM head over the span alone agrees.
+    logp, _ = step_lib.instruction_logprobs(logits[:, p - 1:-1], samples["instruction"],
+                                            config.rollout.temperature)
+    ref_logp, _ = step_lib.instruction_logprobs(ref_logits[:, p - 1:-1], samples["instruction"],
                                                 config.rollout.temperature)
     return jnp.mean(jnp.sum((logp - ref_logp) * action_mask, 1))
 

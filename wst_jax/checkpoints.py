@@ -258,8 +258,9 @@ def _load(cls, model_dir, tensors: dict[str, Tensor], extra: dict[str, str], mes
   layout += [(ours, hf, "T") for ours, hf in extra.items()]
   used = set()
   folder = _folder(model_dir)
-  for ours, hf, transform in tqdm(layout, desc=f"load {folder.name}", unit="tensor",
-                                  leave=False, disable=jax.process_index() != 0):
+  name = "/".join(folder.parts[-2:])   # e.g. "<zoo entry>/hf"
+  for ours, hf, transform in tqdm(layout, desc=f"load {name}", unit="tensor", leave=False,
+                                  disable=jax.process_index() != 0):
     if hf not in tensors:
       raise ValueError(f"{folder}: checkpoint has no tensor {hf!r} (needed for {ours}); "
                        f"model_type={cfg.model_type!r}, {len(tensors)} tensors found.")

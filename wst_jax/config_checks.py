@@ -8,6 +8,7 @@ CHOICES = {
     "reward.baseline": ("none", "student"),
     "ppo.advantage": ("gae", "group"),
     "task.name": ("synthetic", "gsm8k", "math500", "hh_rlhf"),
+    "prompt.chat": ("", "system", "user"),
 }
 POSITIVE = ("train.batch_size", "train.num_steps", "train.checkpoint_every",
             "train.keep_checkpoints", "rollout.instruction_len", "rollout.answer_len",

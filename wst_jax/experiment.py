@@ -73,6 +73,14 @@ def resolve_model_paths(config) -> dict[str, Path]:
 # ------------------------------------------------------------------------------ setup
 
 
+def _with_prompt(config, prompt: dict):
+  """A copy of `config` with these config.prompt fields and prompt.chat="" (already rendered)."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.prompt.update(prompt, chat="")
+  return config
+
+
 class Setup:
   """Everything a run (train or eval) builds from a config before the first step."""
 
@@ -87,6 +95,9 @@ class Setup:
       logging.info("%s", plan.format_plan(memory_plan))
     self.teacher_tokenizer = checkpoints.load_tokenizer(self.paths["teacher"])
     self.tokenizer = checkpoints.load_tokenizer(self.paths["student"])  # answers, rewards
+    if config.prompt.chat:   # from here on the prompts are whole texts in each chat template
+      config = self.config = _with_prompt(config, batches.chat_prompts(
+          config.prompt, self.teacher_tokenizer, self.tokenizer))
     self.rollout = Rollout.from_config(config, self.teacher_tokenizer, self.tokenizer, self.mesh)
     # Each weight is read straight into its sharding: no device holds a whole sharded weight.
     teacher_lm = checkpoints.load_decoder(self.paths["teacher"], mesh=self.mesh,

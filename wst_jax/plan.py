@@ -215,8 +215,9 @@ def ppo_activation_bytes(cfg: DecoderConfig, rows: int, prompt_len: int, new_len
   No rematerialization. Per layer and token: the two norm inputs (f32) and the residual stream;
   q and the attention output (+ q's f32 RoPE copy); k, v and the K/V buffers (+ k's RoPE copy);
   the attention scores (f32) and probabilities over all T positions; the MLP's hidden
-  activations. After the last layer: f32 logits over T and their gradient, and the scaled logits,
-  log-softmax and softmax over the new tokens. Each term is split like the params it comes from
+  activations. After the last layer, over the new tokens only (the LM head runs there alone,
+  `step.instruction_span`): f32 logits and their gradient, the scaled logits, log-softmax and
+  softmax. Each term is split like the params it comes from
   (heads / kv_heads / mlp / vocab), and rows over the batch axes. -> (total, per device) bytes.
   """
   t = prompt_len + new_len
@@ -231,7 +232,7 @@ def ppo_activation_bytes(cfg: DecoderConfig, rows: int, prompt_len: int, new_len
       (h * t * (f32 + dt), "heads", q),
       ((3 if cfg.family == "llama" else 2) * f * dt, "mlp", f),
   ]
-  head = [((2 * t + 3 * new_len) / t * v * f32, "vocab", v)]
+  head = [(5 * new_len / t * v * f32, "vocab", v)]
   def per_token(split):
     return (cfg.num_layers * sum(b / split(a, n) for b, a, n in per_layer)
             + sum(b / split(a, n) for b, a, n in head))
@@ -332,14 +333,13 @@ def make_plan(config, devices: int | None = None, device_memory_gib: float | Non
                                     prefill_bytes(rm_cfg, rows, rm_len, rm_len, mesh))),
         f"{rows} rows x {rm_len} tokens", FIX_ROWS.format(
             lengths="config.data.rm_prompt_len, config.rollout.answer_len"))
-  # Old policy and reference over the whole batch: f32 logits [T] plus 3 copies over new tokens.
-  score = [0, 0]
-  for _ in ("policy", "reference"):
-    full = logits_bytes(teacher_cfg, rows, teacher_len, mesh)
-    new = logits_bytes(teacher_cfg, rows, rollout.instruction_len, mesh, copies=3)
-    score = [score[0] + full[0] + new[0], score[1] + full[1] + new[1]]
+  # Old policy and reference over the whole batch; the LM head runs over the instruction tokens
+  # only (`step.instruction_span`): f32 logits plus 3 copies (scaled, log-softmax, softmax) each.
+  score = [2 * b for b in logits_bytes(teacher_cfg, rows, rollout.instruction_len, mesh,
+                                       copies=4)]
   add("scoring logits: policy + reference", "scoring", score,
-      f"f32, {rows} rows x {teacher_len} tokens", FIX_ROWS.format(lengths=lengths[0]))
+      f"f32, {rows} rows x {rollout.instruction_len} instruction tokens",
+      FIX_ROWS.format(lengths=lengths[0]))
   add("teacher gradients", "update", teacher_bytes, "like the params", FIX_MESH)
   minibatch = rows // config.ppo.num_minibatches
   add("PPO activations (teacher fwd/bwd)", "update",

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from wst_jax import cache, checkpoints
 from wst_jax import tokenizer as tokens
-from wst_jax.data import synthetic
+from wst_jax.data import assets, synthetic
 from wst_jax.data.batches import left_pad
 from wst_jax.models import Decoder, DecoderConfig, positions_from_mask
 from wst_jax.sampling import generate
@@ -47,6 +47,7 @@ def read_gsm8k_text(path: str) -> list[str]:
   """GSM8K train questions and solutions (calculator notes dropped), for the tokenizer."""
   if not path:
     return []
+  path = assets.resolve(path)   # an "assets:" reference: one line naming the ways to get it
   if not Path(path).is_file():
     raise FileNotFoundError(f"config.tokenizer.gsm8k_path={path!r} does not exist; point it at "
                             "GSM8K train.jsonl (the CPU configs look in ../shared/assets/gsm8k/ or "
@@ -267,7 +268,7 @@ def cache_key(config) -> str:
   content = {k: v for k, v in config.to_dict().items() if k != "cache_dir"}
   content["tokenizer"] = {k: v for k, v in content["tokenizer"].items() if k != "gsm8k_path"}
   return cache.content_key({"config": content, "generator": synthetic.GENERATOR_VERSION,
-                            "gsm8k": cache.file_hash(config.tokenizer.gsm8k_path)})
+                            "gsm8k": cache.file_hash(assets.resolve(config.tokenizer.gsm8k_path))})
 
 
 def ensure_pretrained(config) -> dict[str, Path]:

@@ -91,17 +91,22 @@ def answer_questions(student, batch, instruction_ids, instruction_mask, rollout)
                   eos_ids=rollout.student_eos, pad_id=rollout.student_pad, greedy=True)
 
 
-def instruction_logprobs(logits, sequence, prompt_len: int, temperature: float):
+def instruction_logprobs(logits, actions, temperature: float):
   """Log-probs and entropy of the instruction tokens under softmax(logits / temperature).
 
-  logits f32[B, P+N, V] of the teacher over [prompt, instruction]; -> (f32[B,N], f32[B,N]).
-  Position P-1+i predicts instruction token i.
+  logits f32[B, N, V]: the teacher's logits at the positions that predict the instruction
+  tokens actions int32[B, N] (`instruction_span`); -> (f32[B,N], f32[B,N]).
   """
-  logits = logits[:, prompt_len - 1:-1] / temperature
-  actions = sequence[:, prompt_len:]
+  logits = logits / temperature
   logp = jax.nn.log_softmax(logits, axis=-1)
   return (jnp.take_along_axis(logp, actions[..., None], -1)[..., 0],
           ppo.entropy_from_logits(logits))
+
+
+def instruction_span(prompt_len: int) -> slice:
+  """The positions of [prompt, instruction] whose logits predict the instruction tokens:
+  position P-1+i predicts instruction token i. Only these go through the LM head."""
+  return slice(prompt_len - 1, -1)
 
 
 def make_train_step(config, rollout: Rollout, roles: Roles, tx: optax.GradientTransformation,
@@ -121,9 +126,10 @@ def make_train_step(config, rollout: Rollout, roles: Roles, tx: optax.GradientTr
   def teacher_forward(params, sequence, seq_mask):
     prompt_len = sequence.shape[1] - rollout.instruction_len
     teacher = nnx.merge(roles.teacher, params)
-    logits, values = teacher(sequence, positions_from_mask(seq_mask), seq_mask)
-    logp, entropy = instruction_logprobs(logits, sequence, prompt_len, temperature)
-    return logp, values[:, prompt_len - 1:-1], entropy
+    logits, values = teacher(sequence, positions_from_mask(seq_mask), seq_mask,
+                             instruction_span(prompt_len))
+    logp, entropy = instruction_logprobs(logits, sequence[:, prompt_len:], temperature)
+    return logp, values, entropy
 
   def policy_fn(params, mb):
     logp, values, entropy = teacher_forward(params, mb["sequence"], mb["seq_mask"])
@@ -148,9 +154,10 @@ def make_train_step(config, rollout: Rollout, roles: Roles, tx: optax.GradientTr
     action_mask = instruction.mask.astype(jnp.float32)
     old_logp, old_values, _ = teacher_forward(state.params, sequence, seq_mask)
     reference = nnx.merge(roles.reference, frozen["reference"])
-    ref_logits, _, _ = reference(sequence, positions_from_mask(seq_mask), seq_mask)
-    ref_logp, _ = instruction_logprobs(ref_logits, sequence, batch["teacher_prompt"].shape[1],
-                                       temperature)
+    prompt_len = batch["teacher_prompt"].shape[1]
+    _, ref_hidden, _ = reference(sequence, positions_from_mask(seq_mask), seq_mask)
+    ref_logits = reference.logits(ref_hidden[:, instruction_span(prompt_len)])
+    ref_logp, _ = instruction_logprobs(ref_logits, instruction.tokens, temperature)
 
     # 3. Advantages: KL folded into per-token rewards (InstructGPT), then GAE or group-relative.
     token_rewards, kl = ppo.kl_penalized_rewards(score, old_logp, ref_logp, action_mask,

@@ -27,6 +27,44 @@ def user_turn_ids(tokenizer, text: str) -> list[int]:
   return tokenizer(text)["input_ids"]
 
 
+# Stand-ins rendered through a chat template and then replaced: no template alters them.
+_INSTRUCTION, _QUESTION = "\x00instruction\x00", "\x00question\x00"
+
+
+def _render(tokenizer, messages: list[dict], field: str) -> str:
+  if not tokenizer.chat_template:
+    raise ValueError(f"config.prompt.chat is set but the {field} tokenizer has no chat template "
+                     "(a base model): set config.prompt.chat='' and write the whole prompt text.")
+  return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _as_template(text: str) -> str:
+  """Rendered chat text -> a str.format template with the one field {question}."""
+  return text.replace("{", "{{").replace("}", "}}").replace(_QUESTION, "{question}")
+
+
+def chat_prompts(prompt, teacher_tokenizer, student_tokenizer) -> dict[str, str]:
+  """config.prompt's turn contents wrapped in each model's own chat template (prompt.chat set):
+  -> {"teacher_template", "student_prefix", "student_suffix"} as whole prompt texts, so that the
+  student prompt stays [student_prefix][instruction][student_suffix.format(question)].
+
+  The teacher's template is its user turn; the instruction is the student's system turn
+  (chat="system") or the start of its user turn, followed by the question (chat="user").
+  """
+  teacher = _render(teacher_tokenizer, [{"role": "user", "content": prompt.teacher_template.format(
+      question=_QUESTION)}], "teacher")
+  question = prompt.student_suffix.format(question=_QUESTION)
+  if prompt.chat == "system":
+    messages = [{"role": "system", "content": prompt.student_prefix + _INSTRUCTION},
+                {"role": "user", "content": question}]
+  else:
+    messages = [{"role": "user", "content": prompt.student_prefix + _INSTRUCTION + question}]
+  student = _render(student_tokenizer, messages, "student")
+  prefix, suffix = student.split(_INSTRUCTION)
+  return {"teacher_template": _as_template(teacher), "student_prefix": prefix,
+          "student_suffix": _as_template(suffix)}
+
+
 def left_pad(rows: list[list[int]], length: int, pad_id: int, field: str):
   """-> ids int32[N, length], mask bool[N, length]; raises naming `field` if a row is longer."""
   ids = np.full((len(rows), length), pad_id, np.int32)

@@ -21,7 +21,11 @@ class ScalarHeadLM(nnx.Module):
     f32 = cfg.replace(dtype="float32", param_dtype="float32")
     self.head = Dense(cfg.hidden_size, 1, ("embed", None), f32, rngs)
 
-  def __call__(self, tokens, positions, kv_mask):
-    """-> logits f32[B,T,V], scalars f32[B,T]."""
-    logits, hidden, _ = self.lm(tokens, positions, kv_mask)
-    return logits, self.head(hidden.astype(jnp.float32))[..., 0]
+  def __call__(self, tokens, positions, kv_mask, span: slice = slice(None)):
+    """-> logits f32[B,T',V], scalars f32[B,T'] at the positions `span` of the T tokens.
+
+    The LM head (the largest matmul, [T, V] logits) runs only where it is read: the decoder's
+    own logits over all T positions are unused, and XLA drops them under jit."""
+    _, hidden, _ = self.lm(tokens, positions, kv_mask)
+    hidden = hidden[:, span]
+    return self.lm.logits(hidden), self.head(hidden.astype(jnp.float32))[..., 0]

@@ -1,0 +1,58 @@
+"""WST on real GSM8K with real pretrained models, on CPU: SmolLM2-135M-Instruct writes the
+instruction, Qwen2.5-Coder-0.5B-Instruct answers it (both from the model zoo, fetched on first use).
+
+    python -m wst_jax.train --config configs/real_gsm8k_cpu.py
+    python -m wst_jax.train --config configs/real_gsm8k_cpu.py:smoke   # 2 steps, tiny (CI)
+
+Prompts are each model's own chat template (prompt.chat="system"): the teacher gets its meta-prompt
+and the question as a user turn and writes the instruction as its reply; the student gets that
+instruction as its system turn and the question as its user turn. "Student alone" is the student
+with an empty system turn. The two models' vocabularies differ, so the instruction is handed over
+as text on the host (`prompting.host_retokenizer`).
+
+Held out: task.eval_size GSM8K *test* questions. Settings are to be chosen on the dev split
+(`:dev`: 200 GSM8K *train* questions held out from training), never on the test questions.
+"""
+from configs import common
+from wst_jax.data import assets
+
+TEACHER = "zoo:smollm2-135m-instruct"
+STUDENT = "zoo:qwen2.5-coder-0.5b-instruct"
+META_PROMPT = ("Here is a math word problem.\n\n{question}\n\nWrite one short instruction, a "
+               "single sentence, that will help a student solve it correctly. Reply with the "
+               "instruction only.")
+VARIANTS = ("", "dev", "smoke")
+
+
+def get_config(arg: str = ""):
+  if arg not in VARIANTS:
+    raise ValueError(f"configs/real_gsm8k_cpu.py:{arg}: the variants are {VARIANTS}.")
+  c = common.base_config()
+  c.workdir = "runs/real_gsm8k_cpu" + (f"_{arg}" if arg else "")
+  c.teacher.path, c.student.path = TEACHER, STUDENT
+  c.prompt.update(chat="system", teacher_template=META_PROMPT, student_prefix="",
+                  student_suffix="{question}")
+  c.task.update(name="gsm8k", train_path=assets.locate("gsm8k/train.jsonl"),
+                eval_path=assets.locate("gsm8k/test.jsonl"), eval_size=200, verifier="gsm8k")
+  # Token budgets (the longest GSM8K question is ~210 tokens in either vocabulary; the chat
+  # wrapping adds ~70 teacher / ~20 student tokens). A tight answer budget: answers that run past
+  # answer_len are cut and graded on their last number.
+  c.data.update(teacher_prompt_len=320, student_suffix_len=256, retokenized_instruction_len=48,
+                gold_len=32)
+  c.rollout.update(instruction_len=40, answer_len=256, temperature=1.0, top_p=0.95)
+  # GRPO-style group advantages: 4 instructions per question, each scored against its group.
+  c.ppo.update(advantage="group", group_size=4, kl_coef=0.02, num_epochs=1, num_minibatches=2)
+  c.optim.update(learning_rate=1e-6, warmup_steps=5, decay_steps=60)
+  c.train.update(batch_size=16, num_steps=60, checkpoint_every=10, keep_checkpoints=2)
+  c.eval.update(batch_size=16)
+  if arg == "dev":   # the split settings are chosen on: train questions, never test ones
+    c.task.update(eval_path="", eval_size=200)
+  if arg == "smoke":   # minutes on CPU: questions cut to their last 48 tokens, short budgets
+    c.task.update(eval_size=4, max_train=16)
+    c.data.update(question_len=48, teacher_prompt_len=160, student_suffix_len=96,
+                  retokenized_instruction_len=16)
+    c.rollout.update(instruction_len=8, answer_len=8)
+    c.ppo.update(group_size=2)
+    c.train.update(batch_size=4, num_steps=2, checkpoint_every=1)
+    c.eval.update(batch_size=4, bootstrap_samples=100)
+  return c

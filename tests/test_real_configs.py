@@ -1,0 +1,70 @@
+"""The real-model configs: chat-template prompts that fit every GSM8K question, the GPU config's
+memory plans, and two WST steps of the GPU config's code path on CPU."""
+import json
+import math
+
+import pytest
+
+from configs import real_gsm8k_cpu, real_gsm8k_gpu
+from wst_jax import checkpoints, plan, zoo
+from wst_jax.data import batches, tasks
+from wst_jax.data.assets import resolve
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+  return {ref: checkpoints.load_tokenizer(zoo.resolve(ref))
+          for ref in (real_gsm8k_cpu.TEACHER, real_gsm8k_cpu.STUDENT)}
+
+
+def test_chat_prompts_wrap_each_models_template(tokenizers):
+  config = real_gsm8k_cpu.get_config()
+  teacher, student = tokenizers[config.teacher.path], tokenizers[config.student.path]
+  prompt = batches.chat_prompts(config.prompt, teacher, student)
+  question = "What is 7 times 8?"
+  # The teacher reads its meta-prompt and the question as a user turn and replies.
+  assert prompt["teacher_template"].format(question=question) == teacher.apply_chat_template(
+      [{"role": "user", "content": config.prompt.teacher_template.format(question=question)}],
+      tokenize=False, add_generation_prompt=True)
+  # The student reads the instruction as its system turn and the question as its user turn.
+  instruction = "Add the numbers step by step."
+  assert (prompt["student_prefix"] + instruction +
+          prompt["student_suffix"].format(question=question)) == student.apply_chat_template(
+              [{"role": "system", "content": instruction}, {"role": "user", "content": question}],
+              tokenize=False, add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_every_gsm8k_question_fits_the_token_budgets(tokenizers, split):
+  config = real_gsm8k_cpu.get_config()
+  teacher, student = tokenizers[config.teacher.path], tokenizers[config.student.path]
+  config.prompt.update(batches.chat_prompts(config.prompt, teacher, student), chat="")
+  path = config.task.train_path if split == "train" else config.task.eval_path
+  examples = tasks.read_task("gsm8k", resolve(path), split=split)
+  arrays = batches.encode_examples(examples, teacher, student, config)   # raises if one is long
+  assert arrays["teacher_prompt"].shape == (len(examples), config.data.teacher_prompt_len)
+  # The budgets are not wildly loose either: the longest prompt uses most of its budget.
+  assert arrays["teacher_prompt_mask"].sum(1).max() > 0.6 * config.data.teacher_prompt_len
+
+
+@pytest.mark.parametrize("variant, gpu_gb", [("", 80), ("24gb", 24)])
+def test_gpu_config_plans_fit_their_gpu_and_not_a_smaller_one(variant, gpu_gb):
+  config = real_gsm8k_gpu.get_config(variant)
+  fits = plan.make_plan(config, 1)
+  plan.check_fits(fits)
+  assert fits.models["teacher"].num_layers == 24 and fits.models["student"].num_layers == 28
+  with pytest.raises(plan.PlanError):
+    plan.check_fits(plan.make_plan(config, 1, 0.75 * gpu_gb / 2))
+
+
+@pytest.mark.xdist_group("real-smoke")
+def test_gpu_config_smoke_two_steps_on_cpu(tmp_path):
+  from wst_jax import train
+  config = real_gsm8k_gpu.get_config("smoke")
+  last = train.train(config, tmp_path)
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert all(math.isfinite(v) for r in rows for v in r.values() if isinstance(v, float))
+  assert last["instruction_len"] > 0 and last["answer_len"] > 0
+  assert any(text.strip() for text in rows[0]["instructions"])   # real text from a real model
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
