@@ -8,7 +8,7 @@ interleaved so that background load hits both alike. Our compile time (trace + l
 is reported separately. torch uses --threads intra-op threads (JAX's CPU backend uses all cores).
 
 Per step we report our milliseconds (wall time / new tokens, the prefill included) next to the
-weight-read floor: the bytes of every weight read once per step (the tied embedding counted once,
+weight-read floor: the bytes of every weight read once per step (the embedding only when tied,
 as the LM head) over this machine's read bandwidth, measured here with a large numpy reduction.
 `floor_kv_ms` adds the mean KV-cache bytes read per step. Peak memory is XLA's buffer assignment
 of our compiled generate (arguments + outputs + temporaries, less donated aliases).
@@ -86,9 +86,11 @@ def run_model(name, args, bandwidth):
   tokenizer = checkpoints.load_tokenizer(folder)
   cfg, new = ours.cfg, args.new
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-  # Each weight is read once per step; a tied embedding once (as the LM head; the token rows
-  # gathered from it are negligible).
+  # Each weight is read once per step, the embedding only when tied (as the LM head): a step
+  # gathers just B of its rows.
   weight_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(ours, nnx.Param)))
+  if not cfg.tie_word_embeddings:
+    weight_bytes -= ours.embed[...].nbytes
   floor_ms = 1e3 * weight_bytes / bandwidth
 
   def decode(model, prompt, prompt_mask):
