@@ -89,7 +89,7 @@ def test_weights_really_are_split(loaded):
   assert up["spec"] == ["fsdp", "model"] and up["shard_shapes"][0] == [32, 64]
   assert up["distinct_blocks"] == 4 and len(up["reads"]) == 4  # 8 devices, 2 replicas each
   assert llama["embed"]["spec"] == ["model", "fsdp"]            # [vocab, embed]
-  assert llama["lm_head"]["spec"] == ["fsdp", "model"]          # transposed from [vocab, embed]
+  assert llama["lm_head"]["spec"] == ["model", "fsdp"]          # [vocab, embed], as HF's
   assert llama["layers.1.attn_norm.scale"]["spec"] == ["fsdp"]
   q = gpt2["layers.0.attn.q.kernel"]  # a third of the fused c_attn [64, 192]
   assert q["spec"] == ["fsdp", "model"] and q["shard_shapes"][0] == [32, 32]

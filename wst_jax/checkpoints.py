@@ -132,7 +132,7 @@ def hf_layout(cfg: DecoderConfig) -> list[tuple[str, str, str]]:
         entries += [(o + ours + ".kernel", h + hf + ".weight", "copy"),
                     (o + ours + ".bias", h + hf + ".bias", "copy")]
     if not cfg.tie_word_embeddings:
-      entries.append(("lm_head", "lm_head.weight", "T"))
+      entries.append(("lm_head", "lm_head.weight", "copy"))
     return entries
   entries += [("embed", "model.embed_tokens.weight", "copy"),
               ("final_norm.scale", "model.norm.weight", "copy")]
@@ -160,7 +160,7 @@ def hf_layout(cfg: DecoderConfig) -> list[tuple[str, str, str]]:
       if bias:
         entries.append((o + ours + ".bias", h + hf + ".bias", "copy"))
   if not cfg.tie_word_embeddings:
-    entries.append(("lm_head", "lm_head.weight", "T"))
+    entries.append(("lm_head", "lm_head.weight", "copy"))
   return entries
 
 

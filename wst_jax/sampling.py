@@ -10,7 +10,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from wst_jax.models import Decoder, init_cache, positions_from_mask
+from wst_jax.models import Decoder, LayerCache, positions_from_mask
 
 
 class Generation(NamedTuple):
@@ -46,14 +46,17 @@ def generate(model: Decoder, prompt, prompt_mask, rng, *, max_new_tokens: int,
     rng: PRNG key (unused when greedy).
     eos_ids: ids that end a row (the stop token is kept, with mask True).
   """
-  cfg = model.cfg
   b, p = prompt.shape
   total = p + max_new_tokens
   kv_mask = jnp.zeros((b, total), bool).at[:, :p].set(prompt_mask)
   positions = positions_from_mask(prompt_mask)
+  # The prompt sees only itself: prefill into a cache of its own length (no attention over the
+  # empty slots, about half the prefill's attention work), then pad the cache for the new tokens.
   # Only the last position's logits are needed: the LM head over the whole prompt (its largest
   # matmul) is left to XLA's dead-code elimination.
-  _, hidden, cache = model(prompt, positions, kv_mask, init_cache(cfg, b, total), 0)
+  _, hidden, cache = model(prompt, positions, prompt_mask)
+  pad = ((0, 0), (0, 0), (0, max_new_tokens), (0, 0))
+  cache = [LayerCache(jnp.pad(c.k, pad), jnp.pad(c.v, pad)) for c in cache]
   last_logits = model.logits(hidden[:, -1])
   eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
 

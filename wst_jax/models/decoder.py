@@ -158,7 +158,13 @@ class Attention(nnx.Module):
     # Grouped-query attention: G query heads share each kv head.
     g = cfg.num_heads // cfg.num_kv_heads
     qg = q.reshape(b, t, cfg.num_kv_heads, g, cfg.head_dim)
-    scores = jnp.einsum("btkgd,bksd->bkgts", qg, k_all).astype(jnp.float32)
+    if t == 1:
+      # A decode step: multiply-and-reduce over the cache. XLA's CPU backend runs the same
+      # contraction as batched [1, Dh] x [Dh, S] dots about 2x slower (measured at batch 16).
+      scores = jnp.sum(qg[:, 0, :, :, None] * k_all[:, :, None], -1)[:, :, :, None]
+    else:
+      scores = jnp.einsum("btkgd,bksd->bkgts", qg, k_all)
+    scores = scores.astype(jnp.float32)
     scalar = cfg.head_dim if cfg.query_pre_attn_scalar is None else cfg.query_pre_attn_scalar
     scores = softcap(scores / math.sqrt(scalar), cfg.attn_softcap)
     q_slot, kv_slot = cache_index + jnp.arange(t), jnp.arange(s)
@@ -172,7 +178,11 @@ class Attention(nnx.Module):
     visible = visible[None] & kv_mask[:, None, :]                                   # [B, T, S]
     scores = jnp.where(visible[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_all.dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs, v_all).reshape(b, t, -1)
+    if t == 1:
+      out = jnp.sum(probs[:, :, :, 0, :, None] * v_all[:, :, None], -2)[:, None]
+    else:
+      out = jnp.einsum("bkgts,bksd->btkgd", probs, v_all)
+    out = out.reshape(b, t, -1)
     return self.o(out), LayerCache(k_all, v_all)
 
 
@@ -234,8 +244,9 @@ class Decoder(nnx.Module):
                              cfg.weight_dtype, std=0.01) if cfg.family == "gpt2" else None)
     self.layers = nnx.List([Block(cfg, rngs, cfg.is_sliding(i)) for i in range(cfg.num_layers)])
     self.final_norm = Norm(cfg, rngs)
+    # [V, D] like the embedding (and HF): see `logits`.
     self.lm_head = (None if cfg.tie_word_embeddings else
-                    _param(rngs, (d, cfg.vocab_size), ("embed", "vocab"), cfg.weight_dtype))
+                    _param(rngs, (cfg.vocab_size, d), ("vocab", "embed"), cfg.weight_dtype))
 
   def __call__(self, tokens, positions, kv_mask, cache=None, cache_index=0):
     """tokens, positions int32[B,T]; kv_mask bool[B,S] (S = T without a cache).
@@ -259,10 +270,14 @@ class Decoder(nnx.Module):
 
   def logits(self, hidden):
     """The LM head: final hidden states [..., D] -> f32 logits [..., V] (softcapped in f32 when
-    cfg.final_softcap is set)."""
+    cfg.final_softcap is set).
+
+    The head is [V, D] (the embedding when tied): each logit reads one contiguous row. XLA's CPU
+    backend runs a decode batch's [B, D] x [D, V] product ~1.4x faster this way than over a
+    [D, V] kernel (measured on Qwen2.5-0.5B's head, batch 16)."""
     cfg = self.cfg
-    head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
-    return softcap(matmul_2d(hidden, head, cfg.compute_dtype).astype(jnp.float32),
+    head = self.embed if self.lm_head is None else self.lm_head
+    return softcap(matmul_2d(hidden, head[...].T, cfg.compute_dtype).astype(jnp.float32),
                    cfg.final_softcap)
 
 
