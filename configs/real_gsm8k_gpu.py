@@ -53,10 +53,12 @@ def get_config(arg: str = ""):
   c.task.update(eval_size=0)   # every GSM8K test question
   c.eval.update(batch_size=64)
   if arg == "smoke":
-    # This config's code path (shared vocabulary: the in-graph hand-off; bf16 compute) on a CPU
-    # in CI memory: SmolLM2-135M in both roles instead of 0.6B + 1.8B parameters (~17 GB in f32
-    # with the optimizer state), no device memory to plan against, the :smoke sizes.
+    # This config's code path (shared vocabulary: the in-graph hand-off) on a CPU in CI memory:
+    # SmolLM2-135M in both roles instead of 0.6B + 1.8B parameters (~17 GB in f32 with the
+    # optimizer state), f32 (XLA CPU runs bf16 dots 2-4x slower), no device memory to plan
+    # against, the :smoke sizes.
     c.teacher.path = c.student.path = real_gsm8k_cpu.TEACHER
+    c.teacher.dtypes = c.student.dtypes = real_gsm8k_cpu.get_config().teacher.dtypes
     del c.plan
     smoke = real_gsm8k_cpu.get_config("smoke")
     c.train, c.eval, c.ppo, c.task = smoke.train, smoke.eval, smoke.ppo, smoke.task

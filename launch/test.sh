@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
 export HF_HUB_OFFLINE=1
-exec .venv/bin/python -m pytest -q -n 2 --dist loadgroup --durations=15 tests "$@"
+exec .venv/bin/python -m pytest -q -n 2 --durations=15 tests "$@"

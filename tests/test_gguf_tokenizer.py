@@ -8,8 +8,8 @@ step llama.cpp and SmolLM2's tokenizer.json take: every digit on its own ("x  12
 """
 from __future__ import annotations
 
+import functools
 import json
-from pathlib import Path
 
 import pytest
 import regex
@@ -28,10 +28,16 @@ def name(request) -> str:
   return request.param
 
 
-@pytest.fixture(scope="module")
-def gguf_file(name) -> Path:
-  return zoo.gguf_path(name)   # fetched once per machine (see tests/test_real_models.py)
-
+@functools.lru_cache(maxsize=None)
+def tokenizers(name: str):
+  """(GGUF header, our tokenizer, transformers' GGUF tokenizer) of zoo model `name`, built once
+  per process (over a minute for Gemma's): xdist may run one model's tests apart, and a
+  module-scoped fixture would then build them again."""
+  path = zoo.gguf_path(name)   # fetched once per machine (see tests/test_real_models.py)
+  metadata = read_metadata(path)
+  reference = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name,
+                                            local_files_only=True)
+  return metadata, build_tokenizer(metadata), reference
 
 INSTRUCT = {"smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"}
 SMOLLM = "smollm2-135m-instruct"
@@ -58,19 +64,18 @@ def texts() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def metadata(gguf_file) -> dict:
-  return read_metadata(gguf_file)
+def metadata(name) -> dict:
+  return tokenizers(name)[0]
 
 
 @pytest.fixture(scope="module")
-def ours(metadata):
-  return build_tokenizer(metadata)
+def ours(name):
+  return tokenizers(name)[1]
 
 
 @pytest.fixture(scope="module")
-def reference(gguf_file):
-  return AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name,
-                                       local_files_only=True)
+def reference(name):
+  return tokenizers(name)[2]
 
 
 def reference_ids(reference, name: str, text: str) -> list[int]:

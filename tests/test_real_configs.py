@@ -57,7 +57,6 @@ def test_gpu_config_24gb_variant_plans_to_fit_and_the_default_does_not_fit_there
     plan.check_fits(plan.make_plan(real_gsm8k_gpu.get_config(), 1, small.plan.device_memory_gib))
 
 
-@pytest.mark.xdist_group("real-smoke")
 def test_gpu_config_smoke_two_steps_on_cpu(tmp_path):
   from wst_jax import train
   config = real_gsm8k_gpu.get_config("smoke")

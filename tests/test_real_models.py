@@ -47,28 +47,18 @@ class Real:
     return batches.left_pad(rows, max(map(len, rows)), 0, "prompt")
 
 
-@pytest.fixture(scope="module", params=[
-    pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in MODELS])
-def real(request):
-  """Each model is loaded once: pytest runs a module's tests grouped by this fixture's param,
-  and xdist (--dist loadgroup) keeps one model's tests on one worker."""
-  return Real(request.param)
-
-
-def test_logits_match_transformers(real):
-  r, name = real, real.name
+def logits_match(r: Real):
   ids, mask = r.prompts()
   ours = np.asarray(jax.jit(lambda m, i, k: m(i, positions_from_mask(k), k)[0])(r.ours, ids, mask))
   ref = hf_forward(r.hf, ids, mask)
   scale = np.abs(ref[mask]).max()
   delta = np.abs(ours[mask] - ref[mask]).max()
-  print(f"{name}: max |delta logits| {delta:.3g}, logit scale {scale:.3g}")
+  print(f"{r.name}: max |delta logits| {delta:.3g}, logit scale {scale:.3g}")
   assert delta <= 1e-3 * scale, (delta, scale)
   assert (ours[mask].argmax(-1) == ref[mask].argmax(-1)).mean() > 0.99
 
 
-def test_greedy_continuations_match_transformers(real):
-  r, name = real, real.name
+def greedy_continuations_match(r: Real):
   ids, mask = r.prompts()
   eos = r.ours.cfg.eos_token_id
   ours = jax.jit(lambda m, i, k: generate(m, i, k, jax.random.PRNGKey(0), max_new_tokens=NEW_TOKENS,
@@ -76,17 +66,26 @@ def test_greedy_continuations_match_transformers(real):
   ref = hf_generate(r.hf, ids, mask, NEW_TOKENS, eos_ids=list(eos))
   ours = np.asarray(ours.tokens)
   for row_ours, row_ref in zip(ours, ref):
-    print(f"{name}: {r.tokenizer.decode(row_ours[row_ours != 0], skip_special_tokens=True)!r}")
+    print(f"{r.name}: {r.tokenizer.decode(row_ours[row_ours != 0], skip_special_tokens=True)!r}")
     assert row_ours.tolist() == row_ref.tolist(), (r.tokenizer.decode(row_ours),
                                                    r.tokenizer.decode(row_ref))
   assert (ours != 0).sum() >= len(ours) * 4   # real continuations, not an immediate stop
 
 
-def test_gguf_file_loads_like_the_converted_folder(real):
-  r, name = real, real.name
+def gguf_file_loads_like_the_converted_folder(r: Real):
   direct = checkpoints.load_decoder(r.gguf)
   assert direct.cfg == r.ours.cfg
   folder_params, gguf_params = params_of(r.ours), params_of(direct)
   assert folder_params.keys() == gguf_params.keys()
   for key, value in folder_params.items():
     np.testing.assert_array_equal(gguf_params[key], value, err_msg=key)
+
+
+# One test per model: its two models are loaded once (minutes on 2 cores), whatever order xdist
+# gives the tests; a failure names the check (the function in the traceback).
+@pytest.mark.parametrize("name", MODELS)
+def test_real_model_matches_transformers(name):
+  r = Real(name)
+  logits_match(r)
+  greedy_continuations_match(r)
+  gguf_file_loads_like_the_converted_folder(r)
