@@ -244,9 +244,11 @@ class Decoder(nnx.Module):
                              cfg.weight_dtype, std=0.01) if cfg.family == "gpt2" else None)
     self.layers = nnx.List([Block(cfg, rngs, cfg.is_sliding(i)) for i in range(cfg.num_layers)])
     self.final_norm = Norm(cfg, rngs)
-    # [V, D] like the embedding (and HF): see `logits`.
-    self.lm_head = (None if cfg.tie_word_embeddings else
-                    _param(rngs, (cfg.vocab_size, d), ("vocab", "embed"), cfg.weight_dtype))
+    # [V, D] like the embedding (and HF): see `logits`. Drawn as [D, V] and transposed, so a
+    # seeded init (the embedded default models, the tests' tiny worlds) is what it was when the
+    # head was stored [D, V].
+    self.lm_head = (None if cfg.tie_word_embeddings else nnx.Param(
+        _param(rngs, (d, cfg.vocab_size), (), cfg.weight_dtype)[...].T, axes=("vocab", "embed")))
 
   def __call__(self, tokens, positions, kv_mask, cache=None, cache_index=0):
     """tokens, positions int32[B,T]; kv_mask bool[B,S] (S = T without a cache).
