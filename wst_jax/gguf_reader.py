@@ -68,8 +68,15 @@ def reader(path) -> gguf.GGUFReader:
 
 def read_metadata(path) -> dict[str, Any]:
   """The GGUF header as {key: str | int | float | bool | list}, e.g.
-  "general.architecture" -> "llama", "tokenizer.ggml.tokens" -> list[str]."""
-  return {key: field.contents() for key, field in reader(path).fields.items()
+  "general.architecture" -> "llama", "tokenizer.ggml.tokens" -> list[str]. Decoded once per file
+  (seconds for a large vocabulary): one load asks for it for the config, the tensors and the
+  tokenizer. Read-only: callers share the dict."""
+  return _metadata(reader(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _metadata(gguf_reader: gguf.GGUFReader) -> dict[str, Any]:
+  return {key: field.contents() for key, field in gguf_reader.fields.items()
           if not key.startswith("GGUF.")}
 
 
