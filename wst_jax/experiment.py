@@ -170,8 +170,11 @@ def on_every_process(ok: bool) -> bool:
 
 
 def gist(err: Exception, limit: int = 300) -> str:
-  """An error for one log line: its first line without tensorstore's spec dump, cut to its last
+  """An error for one log line: its root cause (orbax wraps tensorstore's error in a bare
+  Exception that names no file), first line without tensorstore's spec dump, cut to its last
   `limit` characters (the file and what is wrong with it)."""
+  while err.__cause__ is not None:
+    err = err.__cause__
   text = (str(err).splitlines() or [""])[0].split(" [tensorstore_spec")[0]
   return f"{type(err).__name__}: {'...' if len(text) > limit else ''}{text[-limit:]}"
 
@@ -190,9 +193,11 @@ def restore_or_init(mngr: ocp.CheckpointManager, state: TrainState,
   """The newest checkpoint of `mngr` that can be read, restored with the shapes of `state` onto
   `shardings`; `state` itself when there is none.
 
-  Newer checkpoints that cannot be read (truncated or damaged files) are skipped, each with one
-  warning naming its folder, and renamed <step>.damaged (orbax never saves a step whose folder
-  exists; nothing is deleted). Raises RuntimeError, renaming nothing, when none can be read.
+  Newer checkpoints that cannot be read are skipped, each with one warning naming its folder and
+  the cause, and renamed <step>.damaged (orbax never saves a step whose folder exists; nothing is
+  deleted). Any exception from restoring a step counts: orbax raises bare Exceptions, ValueErrors
+  and OSErrors for damaged files, depending on which file and how. Raises RuntimeError, renaming
+  nothing, when none can be read.
   """
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           state, shardings)
@@ -200,7 +205,7 @@ def restore_or_init(mngr: ocp.CheckpointManager, state: TrainState,
   for step in reversed(mngr.all_steps()):
     try:
       restored, why = mngr.restore(step, args=ocp.args.StandardRestore(abstract)), ""
-    except (OSError, ValueError) as err:  # tensorstore and JSON errors are ValueErrors
+    except Exception as err:  # noqa: BLE001  see the docstring; KeyboardInterrupt still stops
       restored, why = None, gist(err)
     if on_every_process(not why):
       break
