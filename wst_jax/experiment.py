@@ -2,8 +2,8 @@ r"""The experiment a config describes, as train.py and eval.py both start it: mo
 local folders -> mesh -> memory check -> tokenizers, models, reward, task (`Setup`); the train
 state and its checkpoints.
 
-Imports run one way: pretrain <- reward_model <- experiment <- eval <- train, and
-optim <- plan <- experiment. Nothing here imports train or eval.
+Imports run one way: pretrain, zoo <- model_refs <- reward_model <- experiment <- eval <- train,
+and optim <- plan <- experiment. Nothing here imports train or eval.
 """
 from __future__ import annotations
 
@@ -19,43 +19,23 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from wst_jax import checkpoints, plan, pretrain, reward_model, rewards, sharding, zoo
+from wst_jax import checkpoints, model_refs, plan, reward_model, rewards, sharding
 from wst_jax.config_checks import validate
 from wst_jax.data import batches
 from wst_jax.data.registry import load_task
 from wst_jax.models import ScalarHeadLM
 from wst_jax.step import Roles, Rollout, TrainState
 
-PRETRAINED = "pretrained:"
-
 # ------------------------------------------------------------------------------ model references
 
 
 def resolve_model_ref(ref: str, config) -> Path:
-  """A model reference of the config -> the local HF folder it names, built on first use.
-
-  "pretrained:teacher" / "pretrained:student": the embedded default, pretrained from
-  config.pretrain and cached (`pretrain.ensure_pretrained`); "pretrained:reward_model": the
-  reward model trained from the student on the task's preference pairs and cached
-  (`reward_model.ensure_reward_model`); "zoo:NAME", a hub repo id, a local folder or .gguf
-  file: `zoo.resolve` (a zoo model is fetched and converted on first use).
-  """
-  ref = str(ref)
-  if not ref.startswith(PRETRAINED):
-    return zoo.resolve(ref)
-  name = ref.removeprefix(PRETRAINED)
-  if name in ("teacher", "student"):
-    return pretrain.ensure_pretrained(config.pretrain)[name]
-  if name == "reward_model":
-    # Trained from the student; cached under what the student is: a "pretrained:" one by its
-    # pretraining config (any clone and cache_dir finds the entry), a folder by its path.
-    student_ref = str(config.student.path)
-    student = resolve_model_ref(student_ref, config)
-    student_key = (f"{student_ref}@{pretrain.cache_key(config.pretrain)}"
-                   if student_ref.startswith(PRETRAINED) else str(student.expanduser().resolve()))
-    return reward_model.ensure_reward_model(config, student, student_key)
-  raise ValueError(f"model reference {ref!r}: {PRETRAINED!r} names teacher, student or "
-                   "reward_model.")
+  """A model reference of the config -> the local HF folder (or .gguf file) it names, built on
+  first use: "pretrained:reward_model" by `reward_model.ensure_reward_model` (trained from the
+  student and cached), every other by `model_refs.resolve`."""
+  if str(ref) == reward_model.REFERENCE:
+    return reward_model.ensure_reward_model(config)
+  return model_refs.resolve(ref, config)
 
 
 def resolve_model_paths(config) -> dict[str, Path]:

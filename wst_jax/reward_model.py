@@ -19,12 +19,12 @@ Both counts are logged and reported, no pair is dropped. Rows are left-padded, s
 read at the last column, to the shortest of reward_model.num_buckets lengths that holds both rows
 of a pair (more buckets: less padding, one more compilation each).
 
-`ensure_reward_model(config, student, student_key)` caches the HF `*ForSequenceClassification`
-folder (our `checkpoints.load_reward_model` and transformers' AutoModelForSequenceClassification
-read it) under reward_model.cache_dir, keyed by a hash of what it depends on (`cache_key`);
+`ensure_reward_model(config)` caches the HF `*ForSequenceClassification` folder (our
+`checkpoints.load_reward_model` and transformers' AutoModelForSequenceClassification read it)
+under reward_model.cache_dir, keyed by a hash of what it depends on (`cache_key`);
 reward_model.json in it holds the accuracies, losses and times. A config names it
-reward.model_path "pretrained:reward_model", which `experiment.resolve_model_ref` resolves (the
-student first).
+reward.model_path "pretrained:reward_model" (`REFERENCE`); the student it is trained from is
+config.student.path, resolved by `model_refs.resolve`.
 """
 from __future__ import annotations
 
@@ -42,13 +42,14 @@ from flax import nnx
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
-from wst_jax import cache, checkpoints, pretrain
+from wst_jax import cache, checkpoints, model_refs, pretrain
 from wst_jax.data import batches as data_batches
 from wst_jax.data.registry import Task, load_task
 from wst_jax.models import Decoder, ScalarHeadLM, positions_from_mask
 
 REPORT = "reward_model.json"
 INITS = ("student", "fresh")
+REFERENCE = model_refs.PRETRAINED + "reward_model"  # how a config names the model built here
 
 # ------------------------------------------------------------------------------ config
 
@@ -82,7 +83,7 @@ def _data_key(path: str) -> str:
 def cache_key(config, student_key: str) -> str:
   """Hash of everything the reward model depends on: config.reward_model (cache_dir aside), the
   task's pairs (a local file's contents, not its path; a hub name; the split), data.question_len,
-  the seed and the student, as `student_key` says what it is (`experiment.resolve_model_ref`)."""
+  the seed and the student, as `student_key` says what it is (`student_identity`)."""
   task = config.task
   return cache.content_key({
       "reward_model": {k: v for k, v in config.reward_model.to_dict().items() if k != "cache_dir"},
@@ -236,12 +237,23 @@ def build(config, student_path: Path, folder: Path) -> None:
   (folder / REPORT).write_text(json.dumps(report, indent=2))
 
 
-def ensure_reward_model(config, student: Path, student_key: str) -> Path:
+def student_identity(config, student: Path) -> str:
+  """What the student (config.student.path, resolved to `student`) is, for `cache_key`: a
+  "pretrained:" one by its pretraining config (any clone and cache_dir finds the entry), any
+  other by its resolved path."""
+  ref = str(config.student.path)
+  if ref.startswith(model_refs.PRETRAINED):
+    return f"{ref}@{pretrain.cache_key(config.pretrain)}"
+  return str(student.expanduser().resolve())
+
+
+def ensure_reward_model(config) -> Path:
   """-> the reward model's HF folder under config.reward_model.cache_dir, built once from the
-  student's folder (atomically: `cache.build_once`). student_key: see `cache_key`."""
+  student's folder (atomically: `cache.build_once`)."""
   validate(config)
+  student = model_refs.resolve(config.student.path, config)
   final = (Path(config.reward_model.cache_dir).expanduser() / "reward_model"
-           / cache_key(config, student_key))
+           / cache_key(config, student_identity(config, student)))
   return cache.build_once(final, REPORT, lambda folder: build(config, student, folder))
 
 
@@ -249,7 +261,7 @@ def main(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
   start = time.time()
-  folder = experiment.resolve_model_ref(experiment.PRETRAINED + "reward_model", _CONFIG.value)
+  folder = ensure_reward_model(_CONFIG.value)
   report = json.loads((folder / REPORT).read_text())
   held_out, train = report["after"]["held_out"], report["after"]["train"]
   print(f"reward model: {folder}")
@@ -262,8 +274,6 @@ def main(argv):
 if __name__ == "__main__":
   from absl import app
   from ml_collections import config_flags
-
-  from wst_jax import experiment
 
   _CONFIG = config_flags.DEFINE_config_file("config", "configs/hh_rlhf_cpu.py",
                                             "A config with a reward_model block.")
