@@ -14,12 +14,14 @@ setuptools.setup(
         "optax>=0.2.5",
         "orbax-checkpoint>=0.12,<0.13",
         "transformers>=5.23,<6",
+        "jinja2>=3.1.6",         # transformers' apply_chat_template: chat-templated prompts
         "tokenizers>=0.22",
         "safetensors>=0.5",
         "datasets>=4",
         "tensorflow-datasets>=4.9.9",
         "array-record>=0.8",
         "ml-collections>=1.1",
+        "absl-py",               # absl.app and flags: the command lines
         "sentencepiece>=0.2",
         "math-verify>=0.9",
         "gguf>=0.17",            # GGUF files (the model zoo), read with numpy
@@ -29,6 +31,8 @@ setuptools.setup(
         "tensorboardX",
         "jaxtyping",
     ],
+    # What the code imports or calls belongs above, not only here: the [test] extra's torch brings
+    # packages along (.ci/main_install_check.py checks the main install alone).
     extras_require={
         # torch is the PyTorch reference for parity tests only; 2.13.0 is the CPU wheel.
         # accelerate: transformers' GGUF loading (the reference for the zoo's parity tests).
