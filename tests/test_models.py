@@ -20,7 +20,7 @@ from safetensors.numpy import load_file, save_file
 
 from wst_jax import checkpoints
 from wst_jax.models import init_cache, positions_from_mask
-from wst_jax.sampling import generate, process_logits
+from wst_jax.sampling import Generation, generate, generate_queued, process_logits
 
 KINDS = ("gpt2", "llama", "qwen2", "mistral")
 VOCAB, PAD, BOS, EOS = 128, 0, 1, 2
@@ -407,6 +407,49 @@ def test_bf16_generation_runs(tiny):
   tokens = np.asarray(out.tokens)
   assert np.asarray(out.mask).all() and ((tokens >= 0) & (tokens < VOCAB)).all()
   assert np.isfinite(np.asarray(out.logprobs)).all() and (np.asarray(out.logprobs) <= 0).all()
+
+
+# ---------------------------------------------------------------- (k) queued generation
+
+
+def run_queued(model, ids, mask, **kw):
+  """generate_queued's answers put back in row order -> (Generation [N, n], rows in the order
+  they were yielded)."""
+  order, parts = [], []
+  for rows, gen in generate_queued(model, ids, mask, pad_id=PAD, **kw):
+    order += rows.tolist()
+    parts.append(gen)
+  back = np.argsort(order)
+  return Generation(*(np.concatenate(f)[back] for f in zip(*parts))), order
+
+
+@pytest.mark.parametrize("kind,dtype,n_rows,slots,refill", [
+    ("llama", "float32", 11, 4, 2),     # refills of 2, a last refill of 1 with a filler row
+    ("gpt2", "float32", 23, 16, 3),     # the tail moves from 16 slots to 4
+    ("llama", "bfloat16", 9, 4, 4)])
+def test_queued_answers_match_static(tiny, kind, dtype, n_rows, slots, refill):
+  """Continuous batching changes which rows share a decode step, never the answers: token for
+  token what `generate` gives on the same rows, in the same dtype."""
+  _, folder, _ = tiny(kind)
+  model = checkpoints.load_decoder(folder, dtype=dtype, param_dtype=dtype)
+  lengths = np.random.default_rng(3).integers(1, 11, n_rows)
+  ids, mask = left_padded(4, lengths, 10)
+  n = GEN_N
+  free = np.asarray(run_generate(model, ids, mask, jax.random.key(0), n=n).tokens)
+  # Stop tokens that end rows at different steps; some rows run to the budget.
+  eos = tuple(sorted({int(free[r, r % n]) for r in range(0, n_rows, 3)}))
+  want = run_generate(model, ids, mask, jax.random.key(0), n=n, eos_ids=eos)
+  got, order = run_queued(model, ids, mask, slots=slots, max_new_tokens=n, eos_ids=eos,
+                          refill_rows=refill, bucket=4)
+  assert sorted(order) == list(range(n_rows))
+  done = np.asarray(want.done)
+  assert 0 < done.sum() < n_rows
+  lens = np.asarray(want.mask).sum(1)
+  assert len(set(lens.tolist())) > 2  # answers of several lengths: slots refill at different steps
+  np.testing.assert_array_equal(got.tokens, np.asarray(want.tokens))
+  np.testing.assert_array_equal(got.mask, np.asarray(want.mask))
+  np.testing.assert_array_equal(got.done, done)
+  np.testing.assert_allclose(got.logprobs, np.asarray(want.logprobs), atol=1e-5)
 
 
 # ---------------------------------------------------------------- (j) reward model

@@ -1,16 +1,23 @@
-"""Batched generation with a KV cache: one pure, shape-static function for jit and the RL step.
+"""Batched generation with a KV cache.
 
-Prompts are left-padded, so every row's next token goes to the same cache slot; positions count
-real tokens only. The loop is a `lax.while_loop` that stops early once every row is done.
+`generate`: one pure, shape-static function for jit and the RL step. Prompts are left-padded, so
+every row's next token goes to the same cache slot; positions count real tokens only. The loop is
+a `lax.while_loop` that stops early once every row is done.
+
+`generate_queued`: greedy answers to more prompts than decode rows (evaluation), with rows that
+take the next prompt when their answer ends (continuous batching), driven from the host.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
-from wst_jax.models import Decoder, LayerCache, positions_from_mask
+from wst_jax.models import Decoder, LayerCache, init_cache, positions_from_mask
 
 
 class Generation(NamedTuple):
@@ -105,3 +112,178 @@ def generate(model: Decoder, prompt, prompt_mask, rng, *, max_new_tokens: int,
                jnp.zeros((b, max_new_tokens), bool), rng)
   out = jax.lax.while_loop(cond, body, init)
   return Generation(out.tokens, out.logprobs, out.mask, out.done)
+
+
+class Slots(NamedTuple):
+  """Decode state of `generate_queued`: each of B slots answers one prompt at its own pace.
+
+  Slots hold prompts left-padded to the queue's length P, so a prompt's tokens sit at the same
+  cache slots as in `generate` on the same padded prompt; row b writes its next token at slot
+  P + count[b] of a cache of length S = P + N.
+  """
+  cache: list          # LayerCache per layer: [B, Hkv, S, Dh]
+  kv_mask: jax.Array   # bool[B, S]
+  position: jax.Array  # int32[B]  position of each row's next token
+  token: jax.Array     # int32[B]  the greedy token each row emits next
+  logprob: jax.Array   # f32[B]    its log-prob
+  count: jax.Array     # int32[B]  tokens emitted so far
+  stopped: jax.Array   # bool[B]   emitted a stop token
+  finished: jax.Array  # bool[B]   stopped, out of budget, or empty: nothing left to decode
+  tokens: jax.Array    # int32[B, N]
+  logprobs: jax.Array  # f32[B, N]
+
+
+def _greedy(logits):
+  """f32[B, V] -> the argmax int32[B] and its log-prob f32[B]."""
+  token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return token, jnp.take_along_axis(jax.nn.log_softmax(logits, -1), token[:, None], -1)[:, 0]
+
+
+def _empty_slots(model: Decoder, slots: int, length: int, max_new_tokens: int, pad_id: int):
+  total = length + max_new_tokens
+  zeros = lambda dtype: jnp.zeros((slots,), dtype)
+  return Slots(init_cache(model.cfg, slots, total), jnp.zeros((slots, total), bool),
+               zeros(jnp.int32), zeros(jnp.int32), zeros(jnp.float32), zeros(jnp.int32),
+               zeros(bool), jnp.ones((slots,), bool),
+               jnp.full((slots, max_new_tokens), pad_id, jnp.int32),
+               jnp.zeros((slots, max_new_tokens), jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="pad_id")
+def _refill(graphdef, params, state: Slots, slot_ids, prompt, prompt_mask, *, pad_id: int) -> Slots:
+  """Prefills prompts int32[R, Pb] (left-padded, Pb <= P) into slots `slot_ids` int32[R]; an id
+  >= B is a filler row, dropped. The prompt's tokens go to cache slots [P - Pb, P)."""
+  model = nnx.merge(graphdef, params)
+  b, total = state.kv_mask.shape
+  n = state.tokens.shape[1]
+  length, pb = total - n, prompt.shape[1]
+  positions = positions_from_mask(prompt_mask)
+  _, hidden, cache = model(prompt, positions, prompt_mask)
+  token, logprob = _greedy(model.logits(hidden[:, -1]))
+
+  def put(rows, value):  # rows of `rows` at slot_ids <- value
+    return rows.at[slot_ids].set(value.astype(rows.dtype), mode="drop")
+
+  def put_cache(full, new):  # [B, Hkv, S, Dh] <- [R, Hkv, Pb, Dh] at columns [P - Pb, P)
+    rows = jnp.take(full, jnp.minimum(slot_ids, b - 1), axis=0)
+    return put(full, jax.lax.dynamic_update_slice_in_dim(rows, new.astype(full.dtype),
+                                                         length - pb, 2))
+
+  r = slot_ids.shape[0]
+  kv_row = jnp.concatenate([jnp.zeros((r, length - pb), bool), prompt_mask,
+                            jnp.zeros((r, n), bool)], axis=1)
+  return Slots([LayerCache(put_cache(c.k, x.k), put_cache(c.v, x.v))
+                for c, x in zip(state.cache, cache)],
+               put(state.kv_mask, kv_row), put(state.position, positions[:, -1] + 1),
+               put(state.token, token), put(state.logprob, logprob),
+               put(state.count, jnp.zeros((r,), jnp.int32)), put(state.stopped, jnp.zeros((r,), bool)),
+               put(state.finished, jnp.zeros((r,), bool)),
+               put(state.tokens, jnp.full((r, n), pad_id, jnp.int32)),
+               put(state.logprobs, jnp.zeros((r, n), jnp.float32)))
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="eos_ids")
+def _decode(graphdef, params, state: Slots, min_finished, *, eos_ids: tuple[int, ...]) -> Slots:
+  """Greedy decode steps for every unfinished slot until at least `min_finished` slots are
+  finished (or all are): the host then collects their answers and refills them."""
+  model = nnx.merge(graphdef, params)
+  b, n = state.tokens.shape
+  length = state.kv_mask.shape[1] - n
+  eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+  rows = jnp.arange(b)
+
+  def body(s: Slots) -> Slots:
+    live = ~s.finished
+    at = jnp.where(live, s.count, n)  # out of range: dropped
+    tokens = s.tokens.at[rows, at].set(s.token, mode="drop")
+    logprobs = s.logprobs.at[rows, at].set(s.logprob, mode="drop")
+    count = s.count + live
+    stopped = s.stopped | (live & jnp.isin(s.token, eos))
+    finished = s.finished | stopped | (count >= n)
+    # A finished row still runs through the model (the batch's shape is static) but writes its
+    # last cache slot, which nothing reads until a refill resets the row.
+    index = jnp.minimum(length + s.count, length + n - 1)
+    kv_mask = s.kv_mask.at[rows, index].set(s.kv_mask[rows, index] | live)
+    logits, _, cache = model(s.token[:, None], s.position[:, None], kv_mask, s.cache, index)
+    token, logprob = _greedy(logits[:, -1])
+    return Slots(cache, kv_mask, s.position + live, token, logprob, count, stopped, finished,
+                 tokens, logprobs)
+
+  def cond(s: Slots):
+    return ~jnp.all(s.finished) & (jnp.sum(s.finished) < min_finished)
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+@jax.jit
+def _take_slots(state: Slots, keep) -> Slots:
+  """The slots `keep` int32[B'] of `state`, as a state of B' slots."""
+  return jax.tree.map(lambda x: jnp.take(x, keep, axis=0), state)
+
+
+def generate_queued(model: Decoder, prompt, prompt_mask, *, slots: int, max_new_tokens: int,
+                    eos_ids: tuple[int, ...], pad_id: int, refill_rows: int | None = None,
+                    bucket: int = 32, progress=None):
+  """Greedy answers to N prompts with `slots` decode rows that each take the next prompt as
+  soon as their answer ends (continuous batching): the decode steps cost about
+  sum(answer lengths) / slots, not longest answer x batches.
+
+  Yields (rows int[k], Generation of those rows as numpy [k, max_new_tokens]) as answers end,
+  in completion order; every prompt's answer is yielded once. Tokens are those of `generate`
+  (greedy) on the same rows: the test checks it token for token.
+
+  Args:
+    prompt: int32[N, P] left-padded ids; prompt_mask: bool[N, P] (numpy or jax).
+    refill_rows: R, how many prompts one prefill takes (default slots // 8): a prefill waits
+      until R slots are free, or fewer when fewer prompts are left. Each prefill pads its R
+      prompts to a multiple of `bucket` tokens of its longest (one compile per length).
+    progress: an optional tqdm-like object; `update(k)` is called per k answers.
+
+  When the queue is empty and at most a quarter of the slots are still answering, they move to
+  a quarter as many slots (down to 4): the last long answers no longer pay for the full batch.
+  """
+  prompt, prompt_mask = np.asarray(prompt), np.asarray(prompt_mask, bool)
+  n, length = prompt.shape
+  graphdef, params = nnx.split(model)
+  refill_rows = refill_rows or max(1, slots // 8)
+  lengths = prompt_mask.sum(1)
+
+  state = _empty_slots(model, slots, length, max_new_tokens, pad_id)
+  holder = np.full(slots, -1)  # the prompt row each slot answers, -1 when empty
+  queue = list(range(n))
+  while queue or (holder >= 0).any():
+    finished = np.asarray(state.finished)
+    done = np.flatnonzero(finished & (holder >= 0))
+    if len(done):
+      take = jnp.asarray(done)
+      tokens, logprobs, count, stopped = jax.device_get(
+          (state.tokens[take], state.logprobs[take], state.count[take], state.stopped[take]))
+      yield holder[done].copy(), Generation(tokens, logprobs,
+                                            np.arange(max_new_tokens) < count[:, None], stopped)
+      if progress is not None:
+        progress.update(len(done))
+      holder[done] = -1
+    free = np.flatnonzero(holder < 0)
+    if queue and len(free) >= min(refill_rows, len(queue)):
+      rows = [queue.pop(0) for _ in range(min(refill_rows, len(queue), len(free)))]
+      pb = min(length, -(-max(1, int(lengths[rows].max())) // bucket) * bucket)
+      pad_rows = refill_rows - len(rows)
+      slot_ids = np.concatenate([free[:len(rows)], np.full(pad_rows, slots)])
+      ids = np.concatenate([prompt[rows, length - pb:], np.full((pad_rows, pb), pad_id)])
+      mask = np.concatenate([prompt_mask[rows, length - pb:], np.zeros((pad_rows, pb), bool)])
+      mask[len(rows):, -1] = True  # filler rows see one token: no all-masked softmax rows
+      state = _refill(graphdef, params, state, jnp.asarray(slot_ids, jnp.int32),
+                      jnp.asarray(ids, jnp.int32), jnp.asarray(mask), pad_id=pad_id)
+      holder[slot_ids[:len(rows)]] = rows
+      continue
+    live = np.flatnonzero(holder >= 0)
+    if not len(live):
+      continue
+    if not queue and slots >= 16 and len(live) <= slots // 4:
+      keep = np.concatenate([live, np.flatnonzero(holder < 0)])[:slots // 4]
+      state, holder, slots = _take_slots(state, jnp.asarray(keep)), holder[keep], slots // 4
+      continue
+    # Return when enough slots are free for a refill, or (queue empty) a quarter for a shrink.
+    want = (min(refill_rows, len(queue)) if queue else
+            slots - slots // 4 if slots >= 16 else slots)
+    state = _decode(graphdef, params, state, jnp.int32(want), eos_ids=tuple(eos_ids))

@@ -43,14 +43,41 @@ def _param(rngs, shape, axes, dtype, std=0.02, zeros=False):
   return nnx.Param(value, axes=axes)
 
 
-def matmul_2d(x, kernel, dtype, bias=None):
-  """x [..., in] @ kernel [in, out] (+ bias) in `dtype`, as one 2-D matmul over the flattened
-  leading axes: XLA's CPU backend runs the backward pass of a 3-D contraction about twice as slow
-  (the kernel gradient contracts over both batch and time), a 2-D one at matmul speed."""
-  y = x.reshape(-1, x.shape[-1]).astype(dtype) @ kernel.astype(dtype)
+def _dot_dtype(dtype, rows: int, kernel_dtype):
+  """The dtype a matmul's inputs are cast to: the compute dtype `dtype`, except for a single row
+  (a batch-1 decode step) on XLA's CPU backend, where an f32 kernel is not cast down: a bf16 dot
+  at one row runs ~2x slower than the f32 one, before the cast of the whole kernel (measured:
+  benchmarks/RESULTS.md, "Mixed precision")."""
+  if rows == 1 and jax.default_backend() == "cpu":
+    return jnp.promote_types(dtype, kernel_dtype)
+  return dtype
+
+
+def matmul_2d(x, kernel, dtype, bias=None, out_dtype=None, transposed=False):
+  """x [..., in] @ kernel [in, out] (+ bias) -> [..., out] in `out_dtype` (default `dtype`);
+  with `transposed`, kernel is [out, in] (the LM head, stored like the embedding).
+
+  Mixed precision as accelerators do it, for every matmul of the decoder: inputs in the compute
+  `dtype`, products accumulated in f32 (`preferred_element_type`), the bias added in f32, then one
+  cast. (A bf16 dot with a bf16 result runs slower than f32 on XLA CPU; with f32 accumulation it
+  runs 2-3x faster than f32 at 16-64 rows.) One 2-D matmul over the flattened leading axes: XLA's
+  CPU backend runs the backward pass of a 3-D contraction about twice as slow (the kernel
+  gradient contracts over both batch and time), a 2-D one at matmul speed."""
+  x2 = x.reshape(-1, x.shape[-1])
+  cast = _dot_dtype(dtype, x2.shape[0], kernel.dtype)
+  x2, kernel = x2.astype(cast), kernel.astype(cast)
+  if not transposed:
+    y = jnp.matmul(x2, kernel, preferred_element_type=jnp.float32)
+  elif x2.shape[0] == 1 or jnp.dtype(cast) == jnp.float32:
+    y = jnp.matmul(x2, kernel.T, preferred_element_type=jnp.float32)
+  else:
+    # kernel [out, in] . x [rows, in] -> [out, rows], then transposed: XLA CPU's bf16 dot runs
+    # this form ~6x faster than x . kernel^T (Qwen2.5's head at 64 rows: 42 vs 248 ms).
+    y = jax.lax.dot_general(kernel, x2, (((1,), (1,)), ((), ())),
+                            preferred_element_type=jnp.float32).T
   if bias is not None:
-    y = y + bias.astype(dtype)
-  return y.reshape(*x.shape[:-1], y.shape[-1])
+    y = y + bias.astype(jnp.float32)
+  return y.astype(out_dtype or dtype).reshape(*x.shape[:-1], y.shape[-1])
 
 
 class Dense(nnx.Module):
@@ -139,8 +166,11 @@ class Attention(nnx.Module):
     self.k_norm = Norm(cfg, rngs, dh, "head_dim") if cfg.qk_norm else None
 
   def __call__(self, x, positions, kv_mask, cache: LayerCache, cache_index):
-    """x [B,T,D]; kv_mask bool[B,S] marks real tokens in the cache (incl. these T);
-    tokens are written at cache slots [cache_index, cache_index+T)."""
+    """x [B,T,D]; kv_mask bool[B,S] marks real tokens in the cache (incl. these T).
+
+    cache_index: an int (every row writes its T tokens at cache slots [cache_index,
+    cache_index+T)), or int32[B] with T = 1 (row b writes its token at slot cache_index[b]: rows
+    at different points of their answers, as in `sampling.generate_queued`)."""
     cfg = self.cfg
     b, t, _ = x.shape
     q = self.q(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
@@ -152,37 +182,54 @@ class Attention(nnx.Module):
       inv = rope_frequencies(cfg, self.sliding)
       q, k = apply_rope(q, positions, inv), apply_rope(k, positions, inv)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)            # [B, Hkv, T, Dh]
-    k_all = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, 2)
-    v_all = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, 2)
+    k, v = k.astype(cache.k.dtype), v.astype(cache.v.dtype)
+    if jnp.ndim(cache_index) == 1:
+      rows = jnp.arange(b)
+      k_all = cache.k.at[rows, :, cache_index].set(k[:, :, 0])
+      v_all = cache.v.at[rows, :, cache_index].set(v[:, :, 0])
+      q_slot = cache_index[:, None]                                                  # [B, 1]
+    else:
+      k_all = jax.lax.dynamic_update_slice_in_dim(cache.k, k, cache_index, 2)
+      v_all = jax.lax.dynamic_update_slice_in_dim(cache.v, v, cache_index, 2)
+      q_slot = (cache_index + jnp.arange(t))[None]                                   # [1, T]
     s = k_all.shape[2]
-    # Grouped-query attention: G query heads share each kv head.
+    # Grouped-query attention: G query heads share each kv head. Products accumulate in f32.
     g = cfg.num_heads // cfg.num_kv_heads
     qg = q.reshape(b, t, cfg.num_kv_heads, g, cfg.head_dim)
-    if t == 1:
-      # A decode step: multiply-and-reduce over the cache. XLA's CPU backend runs the same
-      # contraction as batched [1, Dh] x [Dh, S] dots about 2x slower (measured at batch 16).
+    f32 = jnp.float32
+    # An f32 decode step: multiply-and-reduce over the cache. XLA's CPU backend runs the same
+    # contraction as batched dots about 2x slower in f32 (measured at batch 16), but 3-4x faster
+    # in bf16 with f32 accumulation (batch 64: 1.2 vs 4.5 ms per layer), which the einsum is.
+    reduce = t == 1 and cfg.compute_dtype == f32
+    if reduce:
       scores = jnp.sum(qg[:, 0, :, :, None] * k_all[:, :, None], -1)[:, :, :, None]
+    elif t == 1:  # without the singleton query axis (XLA CPU has no bf16 dot for that form)
+      scores = jnp.einsum("bkgd,bksd->bkgs", qg[:, 0], k_all,
+                          preferred_element_type=f32)[:, :, :, None]
     else:
-      scores = jnp.einsum("btkgd,bksd->bkgts", qg, k_all)
-    scores = scores.astype(jnp.float32)
+      scores = jnp.einsum("btkgd,bksd->bkgts", qg, k_all, preferred_element_type=f32)
     scalar = cfg.head_dim if cfg.query_pre_attn_scalar is None else cfg.query_pre_attn_scalar
     scores = softcap(scores / math.sqrt(scalar), cfg.attn_softcap)
-    q_slot, kv_slot = cache_index + jnp.arange(t), jnp.arange(s)
-    visible = kv_slot[None, :] <= q_slot[:, None]                                    # [T, S]
+    kv_slot = jnp.arange(s)
+    visible = kv_slot <= q_slot[..., None]                                      # [B|1, T, S]
     if self.sliding:
       # HF's sliding_window_overlay: kv > q - window, i.e. the last `window` slots, q included.
       # Slots, not positions: a left-padded row's real tokens fill consecutive slots, so the
       # two distances agree (as in HF, whose masks also index cache slots). Sliding layers keep
       # the full-length cache and mask it: simplest, one cache layout for every layer.
-      visible = visible & (kv_slot[None, :] > q_slot[:, None] - cfg.sliding_window)
-    visible = visible[None] & kv_mask[:, None, :]                                   # [B, T, S]
+      visible = visible & (kv_slot > q_slot[..., None] - cfg.sliding_window)
+    visible = visible & kv_mask[:, None, :]                                         # [B, T, S]
     scores = jnp.where(visible[:, None, None], scores, _NEG)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_all.dtype)
-    if t == 1:
+    probs = jax.nn.softmax(scores, axis=-1)
+    if reduce:
       out = jnp.sum(probs[:, :, :, 0, :, None] * v_all[:, :, None], -2)[:, None]
+    elif t == 1:
+      out = jnp.einsum("bkgs,bksd->bkgd", probs[:, :, :, 0].astype(v_all.dtype), v_all,
+                       preferred_element_type=f32)[:, None]
     else:
-      out = jnp.einsum("bkgts,bksd->btkgd", probs, v_all)
-    out = out.reshape(b, t, -1)
+      out = jnp.einsum("bkgts,bksd->btkgd", probs.astype(v_all.dtype), v_all,
+                       preferred_element_type=f32)
+    out = out.astype(cfg.compute_dtype).reshape(b, t, -1)
     return self.o(out), LayerCache(k_all, v_all)
 
 
@@ -279,8 +326,8 @@ class Decoder(nnx.Module):
     [D, V] kernel (measured on Qwen2.5-0.5B's head, batch 16)."""
     cfg = self.cfg
     head = self.embed if self.lm_head is None else self.lm_head
-    return softcap(matmul_2d(hidden, head[...].T, cfg.compute_dtype).astype(jnp.float32),
-                   cfg.final_softcap)
+    return softcap(matmul_2d(hidden, head[...], cfg.compute_dtype, out_dtype=jnp.float32,
+                             transposed=True), cfg.final_softcap)
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
