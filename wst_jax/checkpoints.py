@@ -26,6 +26,7 @@ from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from wst_jax import gguf_reader, sharding
+from wst_jax.errors import NotFoundError
 from wst_jax.models import Decoder, DecoderConfig, ScalarHeadLM
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,13 +44,13 @@ def _folder(model_dir) -> Path:
   path = Path(model_dir)
   if is_gguf(path):
     if not path.is_file():
-      raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist.")
+      raise NotFoundError(f"GGUF file {str(path)!r} does not exist.")
     return path
   if not path.is_dir():
-    raise FileNotFoundError(f"Model folder {str(path)!r} does not exist. Pass a local Hugging Face "
-                            "checkpoint folder (config.json + *.safetensors + tokenizer files) or "
-                            "a .gguf file; zoo:NAME and hub names are resolved by "
-                            "wst_jax.zoo.resolve.")
+    raise NotFoundError(f"Model folder {str(path)!r} does not exist. Pass a local Hugging Face "
+                        "checkpoint folder (config.json + *.safetensors + tokenizer files) or "
+                        "a .gguf file; zoo:NAME and hub names are resolved by "
+                        "wst_jax.zoo.resolve.")
   return path
 
 
@@ -59,7 +60,7 @@ def load_config(model_dir, **overrides) -> DecoderConfig:
     return DecoderConfig.from_hf(gguf_reader.config(model_dir), source=str(model_dir), **overrides)
   path = _folder(model_dir) / "config.json"
   if not path.is_file():
-    raise FileNotFoundError(f"{path}: missing; a checkpoint folder needs config.json.")
+    raise NotFoundError(f"{path}: missing; a checkpoint folder needs config.json.")
   return DecoderConfig.from_hf(json.loads(path.read_text()), source=str(path), **overrides)
 
 
@@ -95,14 +96,14 @@ def open_tensors(model_dir) -> Iterator[dict[str, Tensor]]:
     yield {k: Tensor("pytorch_model.bin", a.shape, a.__getitem__) for k, a in arrays.items()}
     return
   else:
-    raise FileNotFoundError(f"{folder}: no model.safetensors, model.safetensors.index.json or "
-                            "pytorch_model.bin.")
+    raise NotFoundError(f"{folder}: no model.safetensors, model.safetensors.index.json or "
+                        "pytorch_model.bin.")
   with contextlib.ExitStack() as stack:
     tensors = {}
     for name in files:
       if not (folder / name).is_file():
-        raise FileNotFoundError(f"{folder / name}: listed in model.safetensors.index.json but "
-                                "missing.")
+        raise NotFoundError(f"{folder / name}: listed in model.safetensors.index.json but "
+                            "missing.")
       f = stack.enter_context(safe_open(folder / name, framework="np"))
       for key in f.keys():
         block = f.get_slice(key)
@@ -339,5 +340,5 @@ def load_tokenizer(model_dir):
   try:
     return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
   except (OSError, ValueError) as err:
-    raise FileNotFoundError(f"{folder}: cannot load a tokenizer from this folder "
-                            f"(tokenizer.json / tokenizer_config.json): {err}") from err
+    raise NotFoundError(f"{folder}: cannot load a tokenizer from this folder "
+                        f"(tokenizer.json / tokenizer_config.json): {err}") from err

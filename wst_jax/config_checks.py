@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from wst_jax.data import assets
+from wst_jax.errors import ConfigError
 
 CHOICES = {
     "reward.kind": ("verifier", "reward_model"),
@@ -22,7 +23,7 @@ def _get(config, dotted):
   node = config
   for part in dotted.split("."):
     if part not in node:
-      raise ValueError(f"config.{dotted} is missing; see configs/common.py for the full schema.")
+      raise ConfigError(f"config.{dotted} is missing; see configs/common.py for the full schema.")
     node = node[part]
   return node
 
@@ -47,31 +48,31 @@ def validate(config) -> None:
   """
   for field, choices in CHOICES.items():
     if _get(config, field) not in choices:
-      raise ValueError(f"config.{field}={_get(config, field)!r}; choose one of {choices}.")
+      raise ConfigError(f"config.{field}={_get(config, field)!r}; choose one of {choices}.")
   for field in POSITIVE:
     if not _get(config, field) > 0:
-      raise ValueError(f"config.{field}={_get(config, field)!r} must be > 0.")
+      raise ConfigError(f"config.{field}={_get(config, field)!r} must be > 0.")
   for field in UNIT_INTERVAL:
     if not 0 < _get(config, field) <= 1:
-      raise ValueError(f"config.{field}={_get(config, field)!r} must be in (0, 1].")
+      raise ConfigError(f"config.{field}={_get(config, field)!r} must be in (0, 1].")
   if _get(config, "data.question_len") < 0:
-    raise ValueError(f"config.data.question_len={config.data.question_len} must be >= 0 "
-                     "(0 = never cut a question).")
+    raise ConfigError(f"config.data.question_len={config.data.question_len} must be >= 0 "
+                      "(0 = never cut a question).")
   if config.rollout.top_k < 0:
-    raise ValueError(f"config.rollout.top_k={config.rollout.top_k} must be >= 0 (0 = off).")
+    raise ConfigError(f"config.rollout.top_k={config.rollout.top_k} must be >= 0 (0 = off).")
   rows = config.train.batch_size * (config.ppo.group_size if config.ppo.advantage == "group" else 1)
   if rows % config.ppo.num_minibatches:
-    raise ValueError(f"config.ppo.num_minibatches={config.ppo.num_minibatches} must divide the "
-                     f"{rows} rollouts of a step (train.batch_size x group_size).")
+    raise ConfigError(f"config.ppo.num_minibatches={config.ppo.num_minibatches} must divide the "
+                      f"{rows} rollouts of a step (train.batch_size x group_size).")
   if config.ppo.advantage == "group" and config.ppo.group_size < 2:
-    raise ValueError("config.ppo.group_size must be >= 2 with ppo.advantage='group'.")
+    raise ConfigError("config.ppo.group_size must be >= 2 with ppo.advantage='group'.")
   if config.reward.kind == "reward_model" and not config.reward.model_path:
-    raise ValueError("config.reward.model_path is required with reward.kind='reward_model'.")
+    raise ConfigError("config.reward.model_path is required with reward.kind='reward_model'.")
   if config.reward.kind == "verifier" and config.task.name == "hh_rlhf":
-    raise ValueError("config.reward.kind='verifier' has no gold answers for task hh_rlhf; "
-                     "use reward.kind='reward_model'.")
+    raise ConfigError("config.reward.kind='verifier' has no gold answers for task hh_rlhf; "
+                      "use reward.kind='reward_model'.")
   for field, source in _data_sources(config).items():
     try:
       assets.resolve(source)
     except assets.MissingDataError as e:
-      raise ValueError(f"config.{field}={source!r}: {e}") from None
+      raise ConfigError(f"config.{field}={source!r}: {e}") from None

@@ -6,6 +6,8 @@ import os
 
 import jax
 
+from wst_jax.errors import ConfigError
+
 
 def initialize() -> None:
   """Calls `jax.distributed.initialize` when the environment says there are several processes.
@@ -22,8 +24,8 @@ def initialize() -> None:
     try:
       num, pid = int(os.environ["WST_NUM_PROCESSES"]), int(os.environ["WST_PROCESS_ID"])
     except KeyError as err:
-      raise ValueError(f"WST_COORDINATOR is set but {err.args[0]} is not; set WST_NUM_PROCESSES "
-                       "and WST_PROCESS_ID for every process.") from None
+      raise ConfigError(f"WST_COORDINATOR is set but {err.args[0]} is not; set WST_NUM_PROCESSES "
+                        "and WST_PROCESS_ID for every process.") from None
     jax.distributed.initialize(coordinator, num_processes=num, process_id=pid)
   elif len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
     jax.distributed.initialize()

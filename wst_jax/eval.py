@@ -261,8 +261,15 @@ def evaluate(config, workdir, setup=None) -> dict:
 
 
 def main(argv=None):
+  """python -m wst_jax.eval; argv: the whole command line (default sys.argv). A user error
+  prints its message alone (`errors.run_command`)."""
+  import sys
+
   from absl import app, flags
   from ml_collections import config_flags
+
+  from wst_jax import errors
+
   config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Run folder with the trained teacher's checkpoints.")
 
@@ -272,7 +279,7 @@ def main(argv=None):
     config = flags.FLAGS.config
     evaluate(config, flags.FLAGS.workdir or config.workdir)
 
-  app.run(run, argv)
+  errors.run_command(lambda args: app.run(run, args), sys.argv if argv is None else argv)
 
 
 if __name__ == "__main__":

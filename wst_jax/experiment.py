@@ -23,6 +23,7 @@ from wst_jax import checkpoints, model_refs, plan, reward_model, rewards, shardi
 from wst_jax.config_checks import validate
 from wst_jax.data import batches
 from wst_jax.data.registry import load_task
+from wst_jax.errors import UnavailableError
 from wst_jax.models import ScalarHeadLM
 from wst_jax.step import Roles, Rollout, TrainState
 
@@ -176,8 +177,8 @@ def restore_or_init(mngr: ocp.CheckpointManager, state: TrainState,
   Newer checkpoints that cannot be read are skipped, each with one warning naming its folder and
   the cause, and renamed <step>.damaged (orbax never saves a step whose folder exists; nothing is
   deleted). Any exception from restoring a step counts: orbax raises bare Exceptions, ValueErrors
-  and OSErrors for damaged files, depending on which file and how. Raises RuntimeError, renaming
-  nothing, when none can be read.
+  and OSErrors for damaged files, depending on which file and how. Raises UnavailableError (a
+  RuntimeError), renaming nothing, when none can be read.
   """
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           state, shardings)
@@ -192,7 +193,7 @@ def restore_or_init(mngr: ocp.CheckpointManager, state: TrainState,
     unreadable[step] = why or "unreadable on another process"
   else:
     if unreadable:
-      raise RuntimeError(
+      raise UnavailableError(
           f"no checkpoint in {mngr.directory} can be read; nothing was deleted or renamed. "
           + "; ".join(f"step {s}: {why}" for s, why in unreadable.items())
           + ". Restore them from a copy, or move them away to start afresh. (A config whose "

@@ -18,6 +18,8 @@ from typing import Any, Callable
 import gguf
 import numpy as np
 
+from wst_jax.errors import NotFoundError
+
 # The quantization types we dequantize (what the zoo's files use, plus the plain float types).
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K")
 
@@ -59,7 +61,7 @@ def reader(path) -> gguf.GGUFReader:
   """The (memory-mapped, cached) reader of a GGUF file; parsing the header takes seconds."""
   path = Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist.")
+    raise NotFoundError(f"GGUF file {str(path)!r} does not exist.")
   try:
     return _reader(str(path.resolve()), path.stat().st_mtime)
   except (ValueError, KeyError) as err:   # what gguf raises on a bad magic or a truncated file

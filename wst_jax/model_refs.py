@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wst_jax import pretrain, zoo
+from wst_jax.errors import ConfigError
 
 PRETRAINED = "pretrained:"
 LANGUAGE_MODELS = ("teacher", "student")
@@ -26,6 +27,6 @@ def resolve(ref, config) -> Path:
     return zoo.resolve(ref)
   name = ref.removeprefix(PRETRAINED)
   if name not in LANGUAGE_MODELS:
-    raise ValueError(f"model reference {ref!r}: {PRETRAINED!r} names teacher, student or (as "
-                     "config.reward.model_path) reward_model.")
+    raise ConfigError(f"model reference {ref!r}: {PRETRAINED!r} names teacher, student or (as "
+                      "config.reward.model_path) reward_model.")
   return pretrain.ensure_pretrained(config.pretrain)[name]

@@ -40,7 +40,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AbstractMesh
 
-from wst_jax import checkpoints, sharding
+from wst_jax import checkpoints, errors, sharding
 from wst_jax.config_checks import validate
 from wst_jax.models import Decoder, DecoderConfig, ScalarHeadLM
 from wst_jax.optim import optimizer  # the run's AdamW: its state's shapes and dtypes
@@ -58,7 +58,7 @@ FIX_ACTIVATIONS = ("config.ppo.num_minibatches (fewer rows per backward pass), "
                    "config.rollout.instruction_len")
 
 
-class PlanError(ValueError):
+class PlanError(errors.ConfigError):
   """The config cannot be planned or does not fit; the message names the fields to change."""
 
 
@@ -442,17 +442,13 @@ def main(argv=None):
 
   def run(_):
     f = flags.FLAGS
-    try:
-      plan = make_plan(f.config, f.devices, f.device_memory_gib)
-      print(format_plan(plan, config_flags.get_config_filename(f["config"])))
-      check_fits(plan)
-    except (PlanError, ValueError) as err:
-      print(f"error: {err}", file=sys.stderr)
-      sys.exit(2)
+    plan = make_plan(f.config, f.devices, f.device_memory_gib)
+    print(format_plan(plan, config_flags.get_config_filename(f["config"])))
+    check_fits(plan)   # a PlanError: "error: <message>" on stderr, exit status 2
 
   argv = list(sys.argv if argv is None else argv)  # --device-memory-gib works too
   argv = [a.replace("--device-memory-gib", "--device_memory_gib", 1) for a in argv]
-  app.run(run, argv)
+  errors.run_command(lambda args: app.run(run, args), argv)
 
 
 if __name__ == "__main__":

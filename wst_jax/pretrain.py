@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from wst_jax import cache, checkpoints
 from wst_jax import tokenizer as tokens
 from wst_jax.data import assets, synthetic
 from wst_jax.data.batches import left_pad
+from wst_jax.errors import ConfigError, NotFoundError, run_command
 from wst_jax.models import Decoder, DecoderConfig, positions_from_mask
 from wst_jax.sampling import generate
 from wst_jax.verifiers import gsm8k_correct
@@ -49,10 +51,10 @@ def read_gsm8k_text(path: str) -> list[str]:
     return []
   path = assets.resolve(path)   # an "assets:" reference: one line naming the ways to get it
   if not Path(path).is_file():
-    raise FileNotFoundError(f"config.tokenizer.gsm8k_path={path!r} does not exist; point it at "
-                            "GSM8K train.jsonl (the CPU configs look in ../shared/assets/gsm8k/ or "
-                            "$WST_ASSETS/gsm8k/), or set it to '' to train the tokenizer on "
-                            "synthetic text only (another cache entry, other models).")
+    raise NotFoundError(f"config.tokenizer.gsm8k_path={path!r} does not exist; point it at "
+                        "GSM8K train.jsonl (the CPU configs look in ../shared/assets/gsm8k/ or "
+                        "$WST_ASSETS/gsm8k/), or set it to '' to train the tokenizer on "
+                        "synthetic text only (another cache entry, other models).")
   from wst_jax.data.tasks import read_gsm8k
   return [e["question"] + "\n" + _CALCULATOR_NOTE.sub("", e["solution"]) for e in read_gsm8k(path)]
 
@@ -127,8 +129,8 @@ def pack(prompts: list[list[int]], targets: list[list[int]], seq_len: int, targe
     for name, length, limit in [("seq_lens", len(p) + len(t), seq_len),
                                 ("target_len", len(t), target_len)]:
       if length > limit:
-        raise ValueError(f"a training row has {length} tokens but config.{field}.{name}={limit}; "
-                         "raise it.")
+        raise ConfigError(f"a training row has {length} tokens but config.{field}.{name}={limit}; "
+                          "raise it.")
     ids[i, :len(p) + len(t)] = p + t
     mask[i, :len(p) + len(t)] = True
     at[i, :len(t)] = np.arange(len(p) - 1, len(p) + len(t) - 1)
@@ -170,8 +172,8 @@ def decoder_config(model_cfg, tokenizer) -> DecoderConfig:
 def optimizer(optim, num_steps: int) -> optax.GradientTransformation:
   """AdamW with linear warmup and cosine decay; no weight decay on vectors (norms, biases)."""
   if not 0 <= optim.warmup_steps < num_steps:
-    raise ValueError(f"optim.warmup_steps={optim.warmup_steps} must be in [0, num_steps="
-                     f"{num_steps}).")
+    raise ConfigError(f"optim.warmup_steps={optim.warmup_steps} must be in [0, num_steps="
+                      f"{num_steps}).")
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, optim.learning_rate, optim.warmup_steps, num_steps,
       end_value=optim.learning_rate * optim.final_lr_fraction)
@@ -368,4 +370,4 @@ if __name__ == "__main__":
   _CONFIG = config_flags.DEFINE_config_file("config", "configs/pretrain_cpu.py",
                                             "Pretraining config file.")
   _CHECK = flags.DEFINE_bool("check", False, "Evaluate the pretrained teacher and student.")
-  app.run(main)
+  run_command(lambda args: app.run(main, args), sys.argv)

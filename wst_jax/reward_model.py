@@ -32,6 +32,7 @@ import functools
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from tqdm.auto import tqdm
 from wst_jax import cache, checkpoints, model_refs, pretrain
 from wst_jax.data import batches as data_batches
 from wst_jax.data.registry import Task, load_task
+from wst_jax.errors import ConfigError, run_command
 from wst_jax.models import Decoder, ScalarHeadLM, positions_from_mask
 
 REPORT = "reward_model.json"
@@ -57,22 +59,22 @@ REFERENCE = model_refs.PRETRAINED + "reward_model"  # how a config names the mod
 def validate(config) -> None:
   """Raises ValueError naming the first bad config.reward_model / task field."""
   if "reward_model" not in config:
-    raise ValueError("config.reward_model is missing: reward.model_path='pretrained:reward_model' "
-                     "trains one from it; see configs/hh_rlhf_cpu.py.")
+    raise ConfigError("config.reward_model is missing: reward.model_path='pretrained:reward_model' "
+                      "trains one from it; see configs/hh_rlhf_cpu.py.")
   rm = config.reward_model
   if config.task.name != "hh_rlhf":
-    raise ValueError(f"config.task.name={config.task.name!r}: the reward model trains on "
-                     "preference pairs; use task 'hh_rlhf'.")
+    raise ConfigError(f"config.task.name={config.task.name!r}: the reward model trains on "
+                      "preference pairs; use task 'hh_rlhf'.")
   if rm.init not in INITS:
-    raise ValueError(f"config.reward_model.init={rm.init!r}; choose one of {INITS}.")
+    raise ConfigError(f"config.reward_model.init={rm.init!r}; choose one of {INITS}.")
   positive = {f: rm[f] for f in ("num_epochs", "batch_size", "response_len", "num_buckets")}
   positive.update({f"optim.{f}": rm.optim[f] for f in ("learning_rate", "max_grad_norm")})
   for field, value in positive.items():
     if not value > 0:
-      raise ValueError(f"config.reward_model.{field}={value!r} must be > 0.")
+      raise ConfigError(f"config.reward_model.{field}={value!r} must be > 0.")
   for field in ("b1", "b2", "final_lr_fraction", "weight_decay"):
     if not 0 <= rm.optim[field] <= 1:
-      raise ValueError(f"config.reward_model.optim.{field}={rm.optim[field]!r} must be in [0, 1].")
+      raise ConfigError(f"config.reward_model.optim.{field}={rm.optim[field]!r} must be in [0, 1].")
 
 
 def _data_key(path: str) -> str:
@@ -219,8 +221,8 @@ def build(config, student_path: Path, folder: Path) -> None:
   rng = np.random.default_rng(config.seed)
   train_batches = [b for _ in range(rm.num_epochs) for b in pair_batches(*rows["train"], rng)]
   if not 0 <= rm.optim.warmup_steps < len(train_batches):
-    raise ValueError(f"config.reward_model.optim.warmup_steps={rm.optim.warmup_steps} must be in "
-                     f"[0, {len(train_batches)}) (the training steps).")
+    raise ConfigError(f"config.reward_model.optim.warmup_steps={rm.optim.warmup_steps} must be in "
+                      f"[0, {len(train_batches)}) (the training steps).")
   model = initial_model(student_path, rm.init, config.seed)
   evals = {name: pair_batches(*r) for name, r in rows.items()}
   before = {name: evaluate_pairs(model, b, f"score {name} (before)") for name, b in evals.items()}
@@ -277,4 +279,4 @@ if __name__ == "__main__":
 
   _CONFIG = config_flags.DEFINE_config_file("config", "configs/hh_rlhf_cpu.py",
                                             "A config with a reward_model block.")
-  app.run(main)
+  run_command(lambda args: app.run(main, args), sys.argv)

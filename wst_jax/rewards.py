@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from wst_jax import sharding, verifiers
+from wst_jax.errors import ConfigError
 from wst_jax.models import positions_from_mask
 from wst_jax.prompting import concat_left_padded
 from wst_jax.sampling import Generation
@@ -26,8 +27,8 @@ def encode_gold(answers: list[str], length: int) -> np.ndarray:
   for i, text in enumerate(answers):
     raw = text.encode("utf-8")
     if len(raw) > length:
-      raise ValueError(f"gold answer {text!r} is {len(raw)} bytes; raise config.data.gold_len "
-                       f"(now {length}).")
+      raise ConfigError(f"gold answer {text!r} is {len(raw)} bytes; raise config.data.gold_len "
+                        f"(now {length}).")
     out[i, :len(raw)] = np.frombuffer(raw, np.uint8)
   return out
 

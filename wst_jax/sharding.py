@@ -15,6 +15,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from wst_jax.errors import ConfigError
+
 # Logical parameter axes -> mesh axes. "batch" is the leading axis of every data array.
 DEFAULT_RULES = {
     "batch": ("data", "fsdp"),
@@ -31,15 +33,15 @@ def mesh_sizes(shape: dict[str, int], num_devices: int) -> dict[str, int]:
   sizes = dict(shape)
   free = [k for k, v in sizes.items() if v == -1]
   if len(free) > 1:
-    raise ValueError(f"config.mesh: at most one axis may be -1, got {sizes}.")
+    raise ConfigError(f"config.mesh: at most one axis may be -1, got {sizes}.")
   known = math.prod(v for v in sizes.values() if v != -1)
   if free:
     if num_devices % known:
-      raise ValueError(f"config.mesh={sizes}: {num_devices} devices do not divide by {known}.")
+      raise ConfigError(f"config.mesh={sizes}: {num_devices} devices do not divide by {known}.")
     sizes[free[0]] = num_devices // known
   if math.prod(sizes.values()) != num_devices:
-    raise ValueError(f"config.mesh={sizes} needs {math.prod(sizes.values())} devices, "
-                     f"{num_devices} are available; set one axis to -1.")
+    raise ConfigError(f"config.mesh={sizes} needs {math.prod(sizes.values())} devices, "
+                      f"{num_devices} are available; set one axis to -1.")
   return sizes
 
 

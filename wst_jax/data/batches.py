@@ -10,6 +10,7 @@ import logging
 
 import numpy as np
 
+from wst_jax.errors import ConfigError
 from wst_jax.rewards import encode_gold
 
 
@@ -33,8 +34,8 @@ _INSTRUCTION, _QUESTION = "\x00instruction\x00", "\x00question\x00"
 
 def _render(tokenizer, messages: list[dict], field: str) -> str:
   if not tokenizer.chat_template:
-    raise ValueError(f"config.prompt.chat is set but the {field} tokenizer has no chat template "
-                     "(a base model): set config.prompt.chat='' and write the whole prompt text.")
+    raise ConfigError(f"config.prompt.chat is set but the {field} tokenizer has no chat template "
+                      "(a base model): set config.prompt.chat='' and write the whole prompt text.")
   return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -71,8 +72,8 @@ def left_pad(rows: list[list[int]], length: int, pad_id: int, field: str):
   mask = np.zeros((len(rows), length), bool)
   for i, row in enumerate(rows):
     if len(row) > length:
-      raise ValueError(f"a prompt has {len(row)} tokens but config.{field}={length}; raise it "
-                       "or filter long examples.")
+      raise ConfigError(f"a prompt has {len(row)} tokens but config.{field}={length}; raise it "
+                        "or filter long examples.")
     if row:
       ids[i, -len(row):], mask[i, -len(row):] = row, True
   return ids, mask
@@ -143,8 +144,8 @@ def batch_indices(step: int, batch_size: int, num_examples: int, seed: int,
   The order is a pure function of `step`, so a resumed run sees exactly the same batches.
   """
   if batch_size % process_count:
-    raise ValueError(f"config.train.batch_size={batch_size} must divide over {process_count} "
-                     "processes.")
+    raise ConfigError(f"config.train.batch_size={batch_size} must divide over {process_count} "
+                      "processes.")
   per = batch_size // process_count
   start = step * batch_size + process_index * per
   g = np.arange(start, start + per)

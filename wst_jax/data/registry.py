@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from wst_jax.data import tasks
+from wst_jax.errors import ConfigError
 
 
 class Task(NamedTuple):
@@ -26,8 +27,8 @@ def _read(name: str, path: str, task_cfg, split: str) -> list[dict]:
 def load_eval_examples(task_cfg, seed: int = 0) -> list[dict]:
   """A seeded subset of task.eval_size rows (0 = all) of task.eval_path."""
   if not task_cfg.eval_path:
-    raise ValueError(f"config.task.eval_path is empty for task {task_cfg.name!r}: give a local "
-                     "file, a task data reference (e.g. assets:gsm8k/test.jsonl) or a hub name.")
+    raise ConfigError(f"config.task.eval_path is empty for task {task_cfg.name!r}: give a local "
+                      "file, a task data reference (e.g. assets:gsm8k/test.jsonl) or a hub name.")
   evals = tasks.shuffle(_read(task_cfg.name, task_cfg.eval_path, task_cfg, "test"), seed)
   return evals[:task_cfg.eval_size] if task_cfg.eval_size else evals
 
@@ -44,8 +45,8 @@ def load_task(task_cfg, seed: int = 0) -> Task:
     from wst_jax.data import synthetic
     return Task(*synthetic.train_eval(task_cfg, seed))
   if not task_cfg.train_path:
-    raise ValueError(f"config.task.train_path is empty for task {name!r}: give a local file, "
-                     "a task data reference (e.g. assets:gsm8k/train.jsonl) or a hub name.")
+    raise ConfigError(f"config.task.train_path is empty for task {name!r}: give a local file, "
+                      "a task data reference (e.g. assets:gsm8k/train.jsonl) or a hub name.")
   train = _read(name, task_cfg.train_path, task_cfg, "train")
   if task_cfg.eval_path:
     evals = load_eval_examples(task_cfg, seed)
@@ -54,6 +55,6 @@ def load_task(task_cfg, seed: int = 0) -> Task:
   if task_cfg.max_train:
     train = tasks.shuffle(train, seed)[:task_cfg.max_train]
   if not train or not evals:
-    raise ValueError(f"task {name!r}: {len(train)} train / {len(evals)} eval examples; check "
-                     "config.task.train_path, eval_path and eval_size.")
+    raise ConfigError(f"task {name!r}: {len(train)} train / {len(evals)} eval examples; check "
+                      "config.task.train_path, eval_path and eval_size.")
   return Task(train, evals)

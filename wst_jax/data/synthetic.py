@@ -22,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from wst_jax.errors import ConfigError
+
 # Bump whenever the problems, solutions or pools below change: cached pretrained models key on it.
 GENERATOR_VERSION = 3
 
@@ -262,8 +264,8 @@ def train_eval(task_cfg, seed: int = 0) -> tuple[list[dict], list[dict]]:
   """The synthetic task of a run: (task.max_train or DEFAULT_TASK_TRAIN) train problems and
   task.eval_size held-out eval problems, from a stream apart from the pretraining data's."""
   if task_cfg.eval_size <= 0:
-    raise ValueError(f"config.task.eval_size={task_cfg.eval_size}: the synthetic task needs a "
-                     "positive eval size (its source is unbounded).")
+    raise ConfigError(f"config.task.eval_size={task_cfg.eval_size}: the synthetic task needs a "
+                      "positive eval size (its source is unbounded).")
   return (problems("train", task_cfg.max_train or DEFAULT_TASK_TRAIN, seed=seed,
                    stream=TASK_STREAM),
           problems("eval", task_cfg.eval_size, seed=seed, stream=TASK_STREAM))

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from wst_jax.data import assets
+from wst_jax.errors import NotFoundError, UnavailableError
 from wst_jax.verifiers import extract_boxed, parse_number
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,11 @@ def _rows(source: str, split: str, hub_kwargs: dict) -> Iterator[tuple[str, str,
       return
     raise ValueError(f"{path}: unknown file type; expected one of {_FILE_SUFFIXES}.")
   if path.exists() or source.endswith(_FILE_SUFFIXES) or source.startswith(("/", ".", "~")):
-    raise FileNotFoundError(f"{source}: no such data file.")
+    raise NotFoundError(f"{source}: no such data file.")
   try:
     dataset = _load_dataset(source, split=split, **hub_kwargs)
   except Exception as e:  # offline, unknown name, no such split: all need the same advice
-    raise RuntimeError(
+    raise UnavailableError(
         f"could not load {source!r} (split {split!r}) from the Hugging Face hub: "
         f"{type(e).__name__}: {e}\nWithout hub access, pass a local path to a JSONL(.gz) or "
         "parquet file instead, e.g. ../shared/assets/gsm8k/train.jsonl.") from e
