@@ -22,6 +22,18 @@ META_PROMPT = ("Here is a math word problem.\n\n{question}\n\nWrite one short in
                "single sentence, that will help a student solve it correctly. Reply with the "
                "instruction only.")
 VARIANTS = ("", "dev", "smoke")
+# Hand-written instructions of different kinds for `python -m wst_jax.probe` (is there a signal
+# for the teacher to find?), tried on the dev split only.
+PROBE_INSTRUCTIONS = (
+    "Let's think step by step.",
+    "Solve it step by step, then give the final answer as a plain number on the last line.",
+    "Check each calculation before you move on.",
+    "Be brief: show only the key calculations, then the final answer.",
+    "First list the quantities given in the problem, then solve it.",
+    "End your answer with 'The answer is N.', where N is a plain number.",
+    "Write the solution as a short sequence of equations.",
+    "Reply with the final number only.",
+)
 
 
 def get_config(arg: str = ""):
@@ -30,6 +42,11 @@ def get_config(arg: str = ""):
   c = common.base_config()
   c.workdir = "runs/real_gsm8k_cpu" + (f"_{arg}" if arg else "")
   c.teacher.path, c.student.path = TEACHER, STUDENT
+  # Mixed precision, the fastest on this CPU too (avx512_bf16; benchmarks/answer_rate.json): the
+  # frozen student held and run in bf16 with f32 accumulation; the trained teacher keeps f32
+  # master weights (AdamW on bf16 weights loses small updates) and computes in bf16.
+  c.teacher.dtypes = dict(dtype="bfloat16", param_dtype="float32")
+  c.student.dtypes = dict(dtype="bfloat16", param_dtype="bfloat16")
   c.prompt.update(chat="system", teacher_template=META_PROMPT, student_prefix="",
                   student_suffix="{question}")
   c.task.update(name="gsm8k", train_path=assets.locate("gsm8k/train.jsonl"),
@@ -44,7 +61,10 @@ def get_config(arg: str = ""):
   c.ppo.update(advantage="group", group_size=4, kl_coef=0.02, num_epochs=1, num_minibatches=2)
   c.optim.update(learning_rate=1e-6, warmup_steps=5, decay_steps=60)
   c.train.update(batch_size=16, num_steps=60, checkpoint_every=10, keep_checkpoints=2)
-  c.eval.update(batch_size=16)
+  # 64 decode slots (queued: each takes the next question when its answer ends): this CPU's bf16
+  # matmuls reach their rate at 64 rows (benchmarks/answer_rate.json).
+  c.eval.update(batch_size=64)
+  c.probe = dict(instructions=list(PROBE_INSTRUCTIONS))
   if arg == "dev":   # the split settings are chosen on: train questions, never test ones
     c.task.update(eval_path="", eval_size=200)
   if arg == "smoke":   # minutes on CPU: questions cut to their last 48 tokens, short budgets

@@ -39,10 +39,8 @@ def get_config(arg: str = ""):
   c = real_gsm8k_cpu.get_config("smoke" if arg == "smoke" else "")
   c.workdir = "runs/real_gsm8k_gpu" + (f"_{arg}" if arg else "")
   c.teacher.path, c.student.path = TEACHER, STUDENT
-  # The trained teacher keeps f32 weights (AdamW on bf16 weights loses small updates) and
-  # computes in bf16; the frozen student is bf16 throughout.
-  c.teacher.dtypes = dict(dtype="bfloat16", param_dtype="float32")
-  c.student.dtypes = dict(dtype="bfloat16", param_dtype="bfloat16")
+  # Dtypes as in configs/real_gsm8k_cpu.py: bf16 compute with f32 accumulation, f32 teacher
+  # master weights, a bf16 student.
   c.mesh = dict(data=1, fsdp=1, model=1)   # one GPU
   gpu_gb, share, batch_size, minibatches = VARIANTS[arg or ""] or VARIANTS[""]
   # At run time `wst_jax.plan` checks the devices' own limit (XLA_PYTHON_CLIENT_MEM_FRACTION).
@@ -55,10 +53,8 @@ def get_config(arg: str = ""):
   if arg == "smoke":
     # This config's code path (shared vocabulary: the in-graph hand-off) on a CPU in CI memory:
     # SmolLM2-135M in both roles instead of 0.6B + 1.8B parameters (~17 GB in f32 with the
-    # optimizer state), f32 (XLA CPU runs bf16 dots 2-4x slower), no device memory to plan
-    # against, the :smoke sizes.
+    # optimizer state), no device memory to plan against, the :smoke sizes.
     c.teacher.path = c.student.path = real_gsm8k_cpu.TEACHER
-    c.teacher.dtypes = c.student.dtypes = real_gsm8k_cpu.get_config().teacher.dtypes
     del c.plan
     smoke = real_gsm8k_cpu.get_config("smoke")
     c.train, c.eval, c.ppo, c.task = smoke.train, smoke.eval, smoke.ppo, smoke.task

@@ -233,7 +233,7 @@ def np_filter(logits, temperature, top_k, top_p):
   """Reference: the set of tokens that may be sampled (HF order: temperature, top-k, top-p)."""
   allowed = []
   for row in logits / temperature:
-    order = np.argsort(-row, kind="stable")[:top_k]
+    order = np.argsort(-row, kind="stable")[:top_k or None]
     p = np.exp(row[order] - row[order].max())
     p /= p.sum()
     keep = (np.cumsum(p) - p) < top_p
@@ -241,11 +241,12 @@ def np_filter(logits, temperature, top_k, top_p):
   return allowed
 
 
-def test_process_logits_matches_reference():
+@pytest.mark.parametrize("candidates", [64, 3])  # 3: the cutoff lies beyond the candidates
+def test_process_logits_matches_reference(candidates):
   logits = np.random.default_rng(0).normal(size=(16, 50)).astype(np.float32) * 3
-  for top_k, top_p in [(50, 0.7), (5, 1.0), (10, 0.5), (1, 0.9)]:
+  for top_k, top_p in [(50, 0.7), (5, 1.0), (10, 0.5), (1, 0.9), (0, 0.3), (0, 0.95)]:
     filtered = jax.jit(functools.partial(process_logits, temperature=0.7, top_k=top_k,
-                                         top_p=top_p))
+                                         top_p=top_p, candidates=candidates))
     got = np.asarray(filtered(logits))
     for row, want, allowed in zip(got, logits, np_filter(logits, 0.7, top_k, top_p)):
       assert set(np.flatnonzero(np.isfinite(row)).tolist()) == allowed

@@ -67,3 +67,26 @@ def test_gpu_config_smoke_two_steps_on_cpu(tmp_path):
   assert last["instruction_len"] > 0 and last["answer_len"] > 0
   assert any(text.strip() for text in rows[0]["instructions"])   # real text from a real model
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
+
+
+def test_probe_rows_on_real_models_resume_from_their_records(tmp_path):
+  """`wst_jax.probe` on SmolLM2 (both roles, the :smoke sizes): every row is scored and recorded
+  per question; a rerun answers nothing again (the records are complete) and gives the table."""
+  from wst_jax import probe
+  config = real_gsm8k_gpu.get_config("smoke")
+  config.probe = dict(instructions=["Let's think step by step.", "Reply with the number only."])
+  config.task.update(eval_path="", eval_size=3)
+  table = probe.probe(config, tmp_path)
+  names = [r["row"] for r in table]
+  assert names == [name for name, *_ in probe.probe_rows(config)] and len(names) == 6
+  assert all(r["n"] == 3 and 0 < r["answer_tokens"] <= config.rollout.answer_len for r in table)
+  records = sorted((tmp_path / "probe").glob("*.jsonl"))
+  assert len(records) == 6 and all(len(p.read_text().splitlines()) == 3 for p in records)
+  # The two placements give the student different prompts, so the answers differ somewhere.
+  answers = {p.name: [json.loads(line)["answer"] for line in p.read_text().splitlines()]
+             for p in records}
+  assert len({tuple(a) for a in answers.values()}) > 1
+  before = {p: p.read_text() for p in records}
+  assert probe.probe(config, tmp_path) == table
+  assert {p: p.read_text() for p in records} == before
+  assert (tmp_path / "signal.md").read_text().count("\n") == 2 + 6

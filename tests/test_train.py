@@ -374,3 +374,29 @@ def test_eval_table_after_training(magic_run):
   assert rows["(a)"]["mean"] == 0.0 and rows["(b)"]["mean"] == 0.0
   assert rows["(c)"]["mean"] < 0.5
   assert rows["(d)"]["mean"] >= rows["(c)"]["mean"] + 0.3, result["markdown"]
+  # Every row's answers are recorded per question; the paired comparison reads them.
+  records = {r["source"][:3]: Path(r["record"]) for r in table["rows"]}
+  for key, path in records.items():
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert sorted(r["index"] for r in lines) == list(range(n))
+    assert np.mean([r["reward"] for r in lines]) == rows[key]["mean"]
+  paired = table["paired"][f"{rows['(d)']['source']} vs {rows['(a)']['source']}"]
+  assert paired["diff"] == rows["(d)"]["mean"] and paired["only_second_right"] == 0
+
+
+def test_eval_resumes_from_its_records(magic_run):
+  """A crash mid-row (half the questions recorded, the last line cut) costs only the rest; a
+  record from another run is an error, not silently mixed in."""
+  config, workdir = magic_run
+  first = evaluate(config, workdir)
+  [table] = first["tables"]
+  path = Path(next(r["record"] for r in table["rows"] if r["source"].startswith("(d)")))
+  lines = path.read_text().splitlines(keepends=True)
+  path.write_text("".join(lines[:len(lines) // 2]) + lines[len(lines) // 2][:10])
+  again = evaluate(config, workdir)
+  assert again["tables"][0]["rows"] == table["rows"]
+  assert sorted(path.read_text().splitlines()) == sorted(line.rstrip("\n") for line in lines)
+  row = json.loads(lines[0])
+  path.write_text(json.dumps(dict(row, instruction=row["instruction"] + " changed")) + "\n")
+  with pytest.raises(ValueError, match="belongs to another run"):
+    evaluate(config, workdir)

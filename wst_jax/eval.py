@@ -16,6 +16,8 @@ import csv
 import hashlib
 import json
 import logging
+import math
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,7 +27,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from wst_jax import checkpoints, sharding
+from wst_jax import checkpoints, errors, sharding
 from wst_jax.data import batches
 from wst_jax.data.batches import segment_ids
 from wst_jax.data.registry import load_eval_examples
@@ -33,23 +35,25 @@ from wst_jax.experiment import Setup, checkpoint_manager, init_state, restore_or
 from wst_jax.models import ScalarHeadLM
 from wst_jax.optim import optimizer
 from wst_jax.prompting import strip_stop
-from wst_jax.step import answer_questions, write_instructions
+from wst_jax.sampling import Generation, generate, generate_queued
+from wst_jax.step import student_prompts, write_instructions
 
 
-def make_eval_step(setup, source: str, teacher_def=None):
-  """-> jitted fn(teacher_params, frozen, batch, rng) -> (reward f32[B], instruction ids, mask
-  [B, I] in teacher ids, answer ids, mask [B, A] in student ids).
+def make_instruction_step(setup, source: str, teacher_def=None, instruction: str | None = None):
+  """-> jitted fn(teacher_params, batch, rng) -> (instruction ids, mask [B, I] in teacher ids,
+  student prompt ids, mask [B, Ls]).
 
-  source: "none" (empty instruction), "fixed" (config.prompt.human_instruction) or "teacher"
-  (the teacher `teacher_def`, by default the trained one's graph, samples it as in training).
+  source: "none" (empty instruction), "fixed" (`instruction`, by default
+  config.prompt.human_instruction) or "teacher" (the teacher `teacher_def`, by default the
+  trained one's graph, samples it as in training).
   """
   rollout, roles = setup.rollout, setup.roles
   teacher_def = teacher_def or roles.teacher
-  # In teacher ids, like a teacher's instruction (answer_questions re-tokenizes if needed).
-  fixed = jnp.asarray(segment_ids(setup.teacher_tokenizer,
-                                  setup.config.prompt.human_instruction), jnp.int32)
+  # In teacher ids, like a teacher's instruction (student_prompts re-tokenizes if needed).
+  text = setup.config.prompt.human_instruction if instruction is None else instruction
+  fixed = jnp.asarray(segment_ids(setup.teacher_tokenizer, text), jnp.int32)
 
-  def step(teacher_params, frozen, batch, rng):
+  def step(teacher_params, batch, rng):
     b = batch["teacher_prompt"].shape[0]
     if source == "teacher":
       teacher = nnx.merge(teacher_def, teacher_params)
@@ -59,54 +63,152 @@ def make_eval_step(setup, source: str, teacher_def=None):
       ids, mask = jnp.broadcast_to(fixed, (b, fixed.shape[0])), jnp.ones((b, fixed.shape[0]), bool)
     else:
       ids, mask = jnp.zeros((b, 0), jnp.int32), jnp.zeros((b, 0), bool)
-    student = nnx.merge(roles.student, frozen["student"])
-    answer = answer_questions(student, batch, ids, mask, rollout)
-    return setup.reward_fn(frozen, batch, answer), ids, mask, answer.tokens, answer.mask
+    return (ids, mask, *student_prompts(batch, ids, mask, rollout))
 
-  # Replicated results: every process (of a multi-host run) reads the whole batch's rewards.
+  # Replicated results: every process (of a multi-host run) reads the whole batch.
   return jax.jit(step, out_shardings=sharding.replicated(setup.mesh))
 
 
 class SourceResult(NamedTuple):
-  rewards: np.ndarray       # f32[N]
-  instructions: list[str]   # the instruction the student saw, per row ("" for none)
-  answers: list[str]        # the student's answer, per row
+  rewards: np.ndarray            # f32[N]
+  instructions: list[str]        # the instruction the student saw, per row ("" for none)
+  answers: list[str]             # the student's answer, per row
+  instruction_tokens: np.ndarray  # int[N]  in teacher tokens
+  answer_tokens: np.ndarray       # int[N]  in student tokens, the stop token included
 
 
 def _texts(tokenizer, ids: np.ndarray, masks: np.ndarray) -> list[str]:
   return [tokenizer.decode(r[m].tolist()) for r, m in zip(ids, masks)]
 
 
+def _batches(n: int, bs: int):
+  """Row indices int[bs] of each static batch over n rows (the last filled up with row 0) and
+  how many of them are real."""
+  for start in range(0, n, bs):
+    rows = np.arange(start, start + bs)
+    yield np.where(rows < n, rows, 0), min(bs, n - start)
+
+
+def _answers(setup, prompts: np.ndarray, masks: np.ndarray, desc: str):
+  """The student's greedy answers to left-padded prompts [N, Ls]; yields (rows, Generation of
+  those rows, numpy). One process: `generate_queued` with config.eval.batch_size slots (answers in
+  the order they end). Several processes: static batches of that size, sharded over them (the
+  queue is driven from one host's loop)."""
+  config, rollout = setup.config, setup.rollout
+  bs, n = config.eval.batch_size, len(prompts)
+  student = nnx.merge(setup.roles.student, setup.frozen["student"])
+  kw = dict(max_new_tokens=rollout.answer_len, eos_ids=rollout.student_eos,
+            pad_id=rollout.student_pad)
+  with tqdm(total=n, desc=desc, leave=False, disable=jax.process_index() != 0) as bar:
+    if jax.process_count() == 1:
+      yield from generate_queued(student, prompts, masks, slots=bs, progress=bar, **kw)
+      return
+    answer = jax.jit(lambda m, ids, mask: generate(m, ids, mask, jax.random.key(0), **kw),
+                     out_shardings=sharding.replicated(setup.mesh))
+    procs, proc = jax.process_count(), jax.process_index()
+    mine = slice(proc * bs // procs, (proc + 1) * bs // procs)  # the rows this process feeds
+    for rows, keep in _batches(n, bs):
+      batch = sharding.put_batch({"ids": prompts[rows[mine]], "mask": masks[rows[mine]]},
+                                 setup.mesh)
+      gen = jax.device_get(answer(student, batch["ids"], batch["mask"]))
+      bar.update(keep)
+      yield rows[:keep], Generation(*(x[:keep] for x in gen))
+
+
+def _read_record(path: Path | None) -> dict[int, dict]:
+  """The rows already scored in a record JSONL (index -> row); a last line cut by a crash is
+  dropped from the file, so appending continues after the last whole row."""
+  if path is None or not path.exists():
+    return {}
+  text = path.read_text()
+  whole = text[:text.rfind("\n") + 1]
+  if whole != text:
+    path.write_text(whole)
+  rows = (json.loads(line) for line in whole.splitlines() if line)
+  return {r["index"]: r for r in rows}
+
+
 def run_source(setup, arrays, source: str, teacher=(None, None), desc: str = "",
-               seed: int = 0) -> SourceResult:
+               seed: int = 0, record: Path | None = None,
+               instruction: str | None = None) -> SourceResult:
   """The student's reward, instruction and answer for every row of `arrays`.
 
   teacher: (graphdef or None for the trained teacher's, params) when source == "teacher".
+  instruction: the text of source "fixed" (default config.prompt.human_instruction).
+  record: a JSONL file that gets one line per scored row as it is scored ({"index",
+  "instruction", "answer", "reward", "instruction_tokens", "answer_tokens"}); rows already in it
+  are not answered again, so a rerun after a crash continues where it stopped. The instructions
+  are sampled again (the same seed gives the same ones) and must match the recorded ones.
   """
   teacher_def, teacher_params = teacher
   config = setup.config
   n = len(arrays["teacher_prompt"])
   bs = config.eval.batch_size
-  step = make_eval_step(setup, source, teacher_def)
+  instruct = make_instruction_step(setup, source, teacher_def, instruction)
   procs, proc = jax.process_count(), jax.process_index()
   if bs % procs:
     raise ValueError(f"config.eval.batch_size={bs} must divide over {procs} processes.")
   mine = slice(proc * bs // procs, (proc + 1) * bs // procs)  # the rows this process feeds
-  rewards, instructions, answers = [], [], []
+  # 1. Instructions and student prompts, in static batches sharded like training's.
+  parts = []
   rng = jax.random.PRNGKey(seed)
-  for start in tqdm(range(0, n, bs), desc=desc or source, leave=False,
-                    disable=jax.process_index() != 0):
-    # Static shapes: the last batch is filled up with row 0 and the extra results dropped.
-    rows = np.arange(start, start + bs)
-    rows = np.where(rows < n, rows, 0)
+  for rows, keep in _batches(n, bs):
     batch = sharding.put_batch({k: v[rows[mine]] for k, v in arrays.items()}, setup.mesh)
     rng, key = jax.random.split(rng)
-    r, i, im, a, am = jax.device_get(step(teacher_params, setup.frozen, batch, key))
-    keep = min(bs, n - start)
-    rewards.append(r[:keep])
-    instructions += _texts(setup.teacher_tokenizer, i[:keep], im[:keep])
-    answers += _texts(setup.tokenizer, a[:keep], am[:keep])
-  return SourceResult(np.concatenate(rewards), instructions, answers)
+    parts.append([x[:keep] for x in jax.device_get(instruct(teacher_params, batch, key))])
+  ids, masks, prompts, prompt_masks = (np.concatenate(x) for x in zip(*parts))
+  instructions = _texts(setup.teacher_tokenizer, ids, masks)
+  # 2. Answers (skipping recorded rows), scored in groups of bs rows as they end.
+  done = _read_record(record)
+  for i, r in done.items():
+    if r["instruction"] != instructions[i]:
+      raise errors.ConfigError(
+          f"{record}: row {i} was recorded with instruction {r['instruction']!r}, but this run "
+          f"gives {instructions[i]!r}: the record belongs to another run; move it away to "
+          "answer again.")
+  todo = np.asarray([i for i in range(n) if i not in done], int)
+  # The reward functions read the answer's tokens and mask only.
+  score = jax.jit(lambda frozen, batch, tokens, mask: setup.reward_fn(
+      frozen, batch, Generation(tokens, jnp.zeros(tokens.shape), mask, jnp.any(mask, 1))),
+                  out_shardings=sharding.replicated(setup.mesh))
+  out = open(record, "a") if record is not None and jax.process_index() == 0 else None
+  pending = []
+
+  def flush(final: bool):
+    while len(pending) >= bs or (final and pending):
+      group, pending[:] = pending[:bs], pending[bs:]
+      idx = np.asarray([i for i, _, _ in group])
+      tokens, mask = (np.stack(x) for x in zip(*[(t, m) for _, t, m in group]))
+      rows = np.concatenate([np.arange(len(group)), np.zeros(bs - len(group), int)])
+      batch = {k: v[idx][rows][mine] for k, v in arrays.items()}
+      batch.update(tokens=tokens[rows][mine], mask=mask[rows][mine])
+      batch = sharding.put_batch(batch, setup.mesh)
+      tokens_, mask_ = batch.pop("tokens"), batch.pop("mask")
+      reward = np.asarray(jax.device_get(score(setup.frozen, batch, tokens_, mask_)))
+      answers = _texts(setup.tokenizer, tokens, mask)
+      for j, i in enumerate(idx):
+        done[int(i)] = dict(index=int(i), instruction=instructions[i], answer=answers[j],
+                            reward=float(reward[j]), instruction_tokens=int(masks[i].sum()),
+                            answer_tokens=int(mask[j].sum()))
+        if out is not None:
+          out.write(json.dumps(done[int(i)]) + "\n")
+      if out is not None:
+        out.flush()
+
+  try:
+    if len(todo):
+      for rows, gen in _answers(setup, prompts[todo], prompt_masks[todo], desc or source):
+        pending += [(int(todo[r]), t, m) for r, t, m in zip(rows, gen.tokens, gen.mask)]
+        flush(final=False)
+      flush(final=True)
+  finally:
+    if out is not None:
+      out.close()
+  rows = [done[i] for i in range(n)]
+  return SourceResult(np.asarray([r["reward"] for r in rows], np.float32),
+                      instructions, [r["answer"] for r in rows],
+                      np.asarray([r["instruction_tokens"] for r in rows]),
+                      np.asarray([r["answer_tokens"] for r in rows]))
 
 
 def bootstrap_interval(x: np.ndarray, samples: int, seed: int = 0) -> tuple[float, float]:
@@ -116,13 +218,24 @@ def bootstrap_interval(x: np.ndarray, samples: int, seed: int = 0) -> tuple[floa
   return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def student_alone_rewards(setup, arrays, workdir: Path) -> np.ndarray:
-  """Reward of the student with no instruction, per question: computed once, cached on disk."""
+def content_key(setup, arrays, *extra: str) -> str:
+  """16 hex digits naming what the student answers: the step inputs, the student's folder and
+  `extra` (e.g. the instruction source and the settings that shape it)."""
   key = hashlib.sha256()
   for name in sorted(arrays):
     key.update(name.encode()), key.update(np.ascontiguousarray(arrays[name]).tobytes())
-  key.update(str(setup.paths["student"].resolve()).encode())
-  path = Path(workdir) / f"baseline_rewards_{key.hexdigest()[:16]}.npy"
+  for part in (str(setup.paths["student"].resolve()), *extra):
+    key.update(part.encode())
+  return key.hexdigest()[:16]
+
+
+def slug(text: str) -> str:
+  return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
+
+
+def student_alone_rewards(setup, arrays, workdir: Path) -> np.ndarray:
+  """Reward of the student with no instruction, per question: computed once, cached on disk."""
+  path = Path(workdir) / f"baseline_rewards_{content_key(setup, arrays)}.npy"
   cached = path.exists()
   if jax.process_count() > 1:
     # All processes must agree (workdirs may be per-host disks): one that computes alone would
@@ -167,24 +280,65 @@ def top_instructions(instructions: list[str], rewards: np.ndarray, k: int = 5) -
 
 
 def markdown_table(rows: list[dict], metric: str) -> str:
-  lines = [f"| instruction source | n | {metric} | 95% CI | vs. student alone |",
-           "|---|---:|---:|---|---:|"]
+  lines = [f"| instruction source | n | {metric} | 95% CI | vs. student alone "
+           "| instruction tokens | answer tokens |", "|---|---:|---:|---|---:|---:|---:|"]
   for r in rows:
     rel = "—" if r["relative_improvement_pct"] is None else f"{r['relative_improvement_pct']:+.1f}%"
     lines.append(f"| {r['source']} | {r['n']} | {r['mean']:.3f} | "
-                 f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {rel} |")
+                 f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {rel} | "
+                 f"{r['instruction_tokens']:.1f} | {r['answer_tokens']:.1f} |")
   return "\n".join(lines)
 
 
-def table_rows(setup, arrays, sources, config) -> tuple[list[dict], dict]:
+def paired_comparison(x: np.ndarray, y: np.ndarray, samples: int, seed: int = 0) -> dict:
+  """x vs y on the same questions: the mean difference with its 95% paired bootstrap interval
+  and, for 0/1 rewards, McNemar's exact two-sided p-value on the discordant questions."""
+  rng = np.random.default_rng(seed)
+  d = x - y
+  means = d[rng.integers(0, len(d), (samples, len(d)))].mean(axis=1)
+  out = dict(diff=float(d.mean()), ci_low=float(np.percentile(means, 2.5)),
+             ci_high=float(np.percentile(means, 97.5)))
+  if set(np.unique(np.concatenate([x, y]))) <= {0.0, 1.0}:
+    wins, losses = int(np.sum((x == 1) & (y == 0))), int(np.sum((x == 0) & (y == 1)))
+    k, n = min(wins, losses), wins + losses
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    out.update(only_first_right=wins, only_second_right=losses, mcnemar_p=p)
+  return out
+
+
+def paired_text(p: dict) -> str:
+  text = f"difference {p['diff']:+.3f}, 95% CI [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
+  if "mcnemar_p" in p:
+    text += (f"; right only with the first {p['only_first_right']}, only with the second "
+             f"{p['only_second_right']}, McNemar p = {p['mcnemar_p']:.3g}")
+  return text
+
+
+def table_rows(setup, arrays, sources, config, records: Path | None = None):
   """One table: a row per instruction source (mean reward, 95% CI, improvement over the first
-  row) and each teacher row's most frequent instructions."""
-  rows, instructions = [], {}
+  row, mean lengths), each teacher row's most frequent instructions, and the paired comparison
+  of the trained teacher's row "(d) ..." with every other row. -> (rows, instructions, paired).
+
+  records: a folder for each row's per-question JSONL (`run_source`), named by the row and a
+  key of what it answers, so a rerun resumes each row and a changed setting starts afresh.
+  """
+  rows, instructions, rewards = [], {}, {}
+  fields = json.dumps([config.rollout.to_dict(), config.prompt.to_dict(), config.seed,
+                       str(setup.paths["teacher"])], sort_keys=True, default=str)
   for name, source, teacher in sources:
-    result = run_source(setup, arrays, source, teacher, desc=name, seed=config.seed)
+    record = None
+    if records is not None:
+      records.mkdir(parents=True, exist_ok=True)
+      record = records / f"{slug(name)}-{content_key(setup, arrays, name, fields)}.jsonl"
+    result = run_source(setup, arrays, source, teacher, desc=name, seed=config.seed,
+                        record=record)
     lo, hi = bootstrap_interval(result.rewards, config.eval.bootstrap_samples, config.seed)
     rows.append(dict(source=name, n=len(result.rewards), mean=float(result.rewards.mean()),
-                     ci_low=lo, ci_high=hi))
+                     ci_low=lo, ci_high=hi,
+                     instruction_tokens=float(result.instruction_tokens.mean()),
+                     answer_tokens=float(result.answer_tokens.mean()),
+                     record=None if record is None else str(record)))
+    rewards[name] = result.rewards
     if source == "teacher":
       instructions[name] = top_instructions(result.instructions, result.rewards)
   # A relative change is only meaningful against a positive baseline (a reward-model score can
@@ -193,7 +347,11 @@ def table_rows(setup, arrays, sources, config) -> tuple[list[dict], dict]:
   for r in rows:
     r["relative_improvement_pct"] = (None if r is rows[0] or base <= 0
                                      else 100.0 * (r["mean"] - base) / base)
-  return rows, instructions
+  trained = next((k for k in rewards if k.startswith("(d)")), None)
+  paired = {f"{trained} vs {other}": paired_comparison(rewards[trained], rewards[other],
+                                                       config.eval.bootstrap_samples, config.seed)
+            for other in rewards if trained and other != trained}
+  return rows, instructions, paired
 
 
 def eval_sets(setup) -> list[tuple[str, dict]]:
@@ -217,8 +375,9 @@ def eval_sets(setup) -> list[tuple[str, dict]]:
 def evaluate(config, workdir, setup=None) -> dict:
   """Runs every row of the table on each eval set; prints and writes the tables.
 
-  -> {"metric", "tables": [{"title", "rows", "instructions"}], "markdown"}; written to
-  workdir/eval/{table.md, results.json, table.csv}.
+  -> {"metric", "tables": [{"title", "rows", "instructions", "paired"}], "markdown"}; written
+  to workdir/eval/{table.md, results.json, table.csv}; each row's answers to
+  workdir/eval/answers/<eval set>/<row>-<key>.jsonl as they are scored (a rerun resumes them).
   """
   setup = setup or Setup(config)
   workdir = Path(workdir)
@@ -236,9 +395,12 @@ def evaluate(config, workdir, setup=None) -> dict:
   metric = "accuracy" if config.reward.kind == "verifier" else "reward-model score"
   tables = []
   for title, arrays in eval_sets(setup):
-    rows, instructions = table_rows(setup, arrays, sources, config)
-    tables.append({"title": title, "rows": rows, "instructions": instructions})
+    rows, instructions, paired = table_rows(setup, arrays, sources, config,
+                                            workdir / "eval" / "answers" / slug(title))
+    tables.append({"title": title, "rows": rows, "instructions": instructions, "paired": paired})
   markdown = "\n\n".join(f"### {t['title']}\n\n{markdown_table(t['rows'], metric)}"
+                          + "".join(f"\n\nPaired, {k}: {paired_text(v)}"
+                                    for k, v in t["paired"].items())
                           for t in tables)
   result = {"metric": metric, "tables": tables, "markdown": markdown}
   if jax.process_index() == 0:
@@ -267,8 +429,6 @@ def main(argv=None):
 
   from absl import app, flags
   from ml_collections import config_flags
-
-  from wst_jax import errors
 
   config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Run folder with the trained teacher's checkpoints.")

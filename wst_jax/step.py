@@ -76,17 +76,22 @@ def write_instructions(teacher_lm, batch, rng, rollout) -> Generation:
                   top_k=rollout.top_k, top_p=rollout.top_p)
 
 
-def answer_questions(student, batch, instruction_ids, instruction_mask, rollout) -> Generation:
-  """The student answers greedily, prompted with [prefix][instruction][question suffix].
+def student_prompts(batch, instruction_ids, instruction_mask, rollout):
+  """[prefix][instruction][question suffix], left-padded: -> ids int32[B, Ls], mask bool[B, Ls].
 
   instruction_ids/_mask: the teacher's instruction without its stop token, in teacher ids.
   """
   b = instruction_ids.shape[0]
   if rollout.retokenize is not None:
     instruction_ids, instruction_mask = rollout.retokenize(instruction_ids, instruction_mask)
-  prompt, mask = concat_left_padded(constant_segment(rollout.student_prefix, b),
-                                    (instruction_ids, instruction_mask),
-                                    (batch["student_suffix"], batch["student_suffix_mask"]))
+  return concat_left_padded(constant_segment(rollout.student_prefix, b),
+                            (instruction_ids, instruction_mask),
+                            (batch["student_suffix"], batch["student_suffix_mask"]))
+
+
+def answer_questions(student, batch, instruction_ids, instruction_mask, rollout) -> Generation:
+  """The student answers greedily, prompted with `student_prompts`."""
+  prompt, mask = student_prompts(batch, instruction_ids, instruction_mask, rollout)
   return generate(student, prompt, mask, jax.random.key(0), max_new_tokens=rollout.answer_len,
                   eos_ids=rollout.student_eos, pad_id=rollout.student_pad, greedy=True)
 
