@@ -379,9 +379,10 @@ def test_eval_table_after_training(magic_run):
   for key, path in records.items():
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert sorted(r["index"] for r in lines) == list(range(n))
-    assert np.mean([r["reward"] for r in lines]) == rows[key]["mean"]
+    assert np.mean([r["reward"] for r in lines]) == pytest.approx(rows[key]["mean"], abs=1e-6)
   paired = table["paired"][f"{rows['(d)']['source']} vs {rows['(a)']['source']}"]
-  assert paired["diff"] == rows["(d)"]["mean"] and paired["only_second_right"] == 0
+  assert paired["diff"] == pytest.approx(rows["(d)"]["mean"], abs=1e-6)
+  assert paired["only_second_right"] == 0
 
 
 def test_eval_resumes_from_its_records(magic_run):

@@ -6,7 +6,8 @@ hand-written instructions, with the instruction in each placement, before any tr
 Rows (each on the config's eval split, which for a `:dev` config is held out of the *train*
 questions): the student alone with an empty system turn; alone with its chat template's default
 system prompt (no system turn at all); and each of config.probe.instructions as the system turn
-(prompt.chat="system") and at the start of the user turn, before the question (prompt.chat="user").
+(prompt.chat="system") and at the start of the user turn, a blank line before the question
+(prompt.chat="user").
 For each: accuracy (or reward-model score) with its 95% bootstrap interval, the mean answer length
 and how many answers hit the budget (rollout.answer_len). Every row's answers go to
 OUT/probe/<row>-<key>.jsonl as they are scored (a rerun resumes), the table to OUT/signal.md and
@@ -31,7 +32,9 @@ def probe_rows(config) -> list[tuple[str, str, str, str | None]]:
   rows = [("alone, empty system turn", "system", "none", None),
           ("alone, default system prompt", "user", "none", None)]
   for chat, where in PLACEMENTS.items():
-    rows += [(f"{where}: {text}", chat, "fixed", text) for text in config.probe.instructions]
+    # In the user turn a blank line parts the instruction from the question that follows it.
+    sep = "\n\n" if chat == "user" else ""
+    rows += [(f"{where}: {text}", chat, "fixed", text + sep) for text in config.probe.instructions]
   return rows
 
 
