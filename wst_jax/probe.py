@@ -81,7 +81,7 @@ def probe(config, out: Path) -> list[dict]:
     (out / "signal.json").write_text(json.dumps(
         dict(metric=metric, answer_len=budget, eval_size=len(result.rewards),
              student=config.student.path, rows=table), indent=2) + "\n")
-    print(markdown(table[-1:], metric, budget).splitlines()[-1], flush=True)
+    print(markdown(table, metric, budget).splitlines()[-1], flush=True)
   return table
 
 
