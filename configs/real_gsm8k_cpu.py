@@ -21,6 +21,15 @@ STUDENT = "zoo:qwen2.5-coder-0.5b-instruct"
 META_PROMPT = ("Here is a math word problem.\n\n{question}\n\nWrite one short instruction, a "
                "single sentence, that will help a student solve it correctly. Reply with the "
                "instruction only.")
+# The same ask with two examples of what an instruction looks like: the untrained SmolLM2 mostly
+# restates the problem under META_PROMPT (`python -m wst_jax.probe` writes its samples).
+META_PROMPT_EXAMPLES = (
+    "A student must solve this math word problem:\n\n{question}\n\nDo not solve it. Write one "
+    "short instruction for the student, such as \"Find the price of one item first, then "
+    "multiply.\" or \"Convert every time to minutes before you add.\" Reply with the "
+    "instruction only.")
+# Row (e): an untrained teacher larger than the student (its own tokenizer and chat template).
+LARGER_TEACHER = "zoo:qwen2.5-coder-1.5b-instruct"
 VARIANTS = ("", "dev", "smoke")
 # Hand-written instructions of different kinds for `python -m wst_jax.probe` (is there a signal
 # for the teacher to find?), tried on the dev split only.
@@ -33,6 +42,9 @@ PROBE_INSTRUCTIONS = (
     "End your answer with 'The answer is N.', where N is a plain number.",
     "Write the solution as a short sequence of equations.",
     "Reply with the final number only.",
+    # The probe's first rows: this coder model often goes on to check its answer in Python, and
+    # most answers that run past the budget are wrong (results/real_gsm8k/signal.md).
+    "Do not write code: reason in plain text and end with the final number.",
 )
 
 
@@ -47,7 +59,10 @@ def get_config(arg: str = ""):
   # master weights (AdamW on bf16 weights loses small updates) and computes in bf16.
   c.teacher.dtypes = dict(dtype="bfloat16", param_dtype="float32")
   c.student.dtypes = dict(dtype="bfloat16", param_dtype="bfloat16")
-  c.prompt.update(chat="system", teacher_template=META_PROMPT, student_prefix="",
+  # Chosen on dev (results/real_gsm8k/signal.md): the untrained teacher's instructions scored
+  # 0.23 under META_PROMPT_EXAMPLES and 0.15 under META_PROMPT; in the system turn, where the best
+  # hand-written instruction gained most over the student alone.
+  c.prompt.update(chat="system", teacher_template=META_PROMPT_EXAMPLES, student_prefix="",
                   student_suffix="{question}")
   c.task.update(name="gsm8k", train_path=assets.locate("gsm8k/train.jsonl"),
                 eval_path=assets.locate("gsm8k/test.jsonl"), eval_size=200, verifier="gsm8k")
@@ -59,12 +74,20 @@ def get_config(arg: str = ""):
   c.rollout.update(instruction_len=40, answer_len=256, temperature=1.0, top_p=0.95)
   # GRPO-style group advantages: 4 instructions per question, each scored against its group.
   c.ppo.update(advantage="group", group_size=4, kl_coef=0.02, num_epochs=1, num_minibatches=2)
-  c.optim.update(learning_rate=1e-6, warmup_steps=5, decay_steps=60)
-  c.train.update(batch_size=16, num_steps=60, checkpoint_every=10, keep_checkpoints=2)
+  # ~640 training answers (8 questions x 4 instructions x 20 steps): what this CPU answers in
+  # about an hour beside the teacher's PPO update. The stop rule is fixed in advance: the last
+  # step's teacher is the one evaluated. 1e-5 moves a 135M teacher within 40 AdamW updates; not
+  # tuned (no budget for a sweep).
+  c.optim.update(learning_rate=1e-5, warmup_steps=2, decay_steps=20)
+  c.train.update(batch_size=8, num_steps=20, checkpoint_every=5, keep_checkpoints=2)
   # 64 decode slots (queued: each takes the next question when its answer ends): this CPU's bf16
   # matmuls reach their rate at 64 rows (benchmarks/answer_rate.json).
   c.eval.update(batch_size=64)
-  c.probe = dict(instructions=list(PROBE_INSTRUCTIONS))
+  c.eval.update(teacher_path=LARGER_TEACHER)
+  # In the user turn, four kinds (a row is ~3.5 minutes here): steps, length, format, no code.
+  c.probe = dict(instructions=list(PROBE_INSTRUCTIONS),
+                 user_turn_instructions=[PROBE_INSTRUCTIONS[i] for i in (0, 3, 7, 8)],
+                 meta_prompts=[META_PROMPT, META_PROMPT_EXAMPLES])
   if arg == "dev":   # the split settings are chosen on: train questions, never test ones
     c.task.update(eval_path="", eval_size=200)
   if arg == "smoke":   # minutes on CPU: questions cut to their last 48 tokens, short budgets
@@ -74,5 +97,5 @@ def get_config(arg: str = ""):
     c.rollout.update(instruction_len=8, answer_len=8)
     c.ppo.update(group_size=2)
     c.train.update(batch_size=4, num_steps=2, checkpoint_every=1)
-    c.eval.update(batch_size=4, bootstrap_samples=100)
+    c.eval.update(batch_size=4, bootstrap_samples=100, teacher_path="")
   return c

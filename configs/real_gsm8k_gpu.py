@@ -47,9 +47,10 @@ def get_config(arg: str = ""):
   c.plan = dict(device_memory_gib=share * gpu_gb, teacher=HF_CONFIGS[TEACHER],
                 student=HF_CONFIGS[STUDENT])
   c.train.update(batch_size=batch_size, num_steps=200, checkpoint_every=25)
+  c.optim.update(learning_rate=1e-6, warmup_steps=10, decay_steps=200)
   c.ppo.update(num_minibatches=minibatches)
   c.task.update(eval_size=0)   # every GSM8K test question
-  c.eval.update(batch_size=64)
+  c.eval.update(batch_size=64, teacher_path="")   # the CPU config's row (e) is this student
   if arg == "smoke":
     # This config's code path (shared vocabulary: the in-graph hand-off) on a CPU in CI memory:
     # SmolLM2-135M in both roles instead of 0.6B + 1.8B parameters (~17 GB in f32 with the

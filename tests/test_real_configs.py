@@ -90,3 +90,26 @@ def test_probe_rows_on_real_models_resume_from_their_records(tmp_path):
   assert probe.probe(config, tmp_path) == table
   assert {p: p.read_text() for p in records} == before
   assert (tmp_path / "signal.md").read_text().count("\n") == 2 + 6
+
+
+def test_eval_row_e_teacher_has_its_own_tokenizer_and_chat_template(tmp_path):
+  """Row (e) with a teacher whose vocabulary differs from the trained teacher's (Qwen's against
+  SmolLM2's): its prompts are rendered in its own chat template and encoded by its own tokenizer,
+  and the row is scored on the same questions as the others."""
+  from wst_jax import eval as wst_eval
+  config = real_gsm8k_cpu.get_config("smoke")
+  config.eval.teacher_path = real_gsm8k_cpu.STUDENT
+  config.task.update(eval_size=2)
+  other = wst_eval.teacher_setup(config)
+  arrays = other.encode(other.task.eval)
+  prompts = [other.teacher_tokenizer.decode(ids[mask].tolist())
+             for ids, mask in zip(arrays["teacher_prompt"], arrays["teacher_prompt_mask"])]
+  assert all(p.startswith("<|im_start|>system") and "<|im_start|>assistant" in p for p in prompts)
+  assert all(ex["question"][-40:] in p for ex, p in zip(other.task.eval, prompts))
+  result = wst_eval.evaluate(config, tmp_path)
+  [table] = result["tables"]
+  assert [r["source"][:3] for r in table["rows"]] == ["(a)", "(b)", "(c)", "(e)"]
+  row = table["rows"][-1]
+  assert row["source"] == f"(e) teacher {real_gsm8k_cpu.STUDENT}"
+  assert row["n"] == 2 and row["instruction_tokens"] > 0
+  assert set(table["instructions"]) == {table["rows"][2]["source"], row["source"]}

@@ -401,3 +401,15 @@ def test_eval_resumes_from_its_records(magic_run):
   path.write_text(json.dumps(dict(row, instruction=row["instruction"] + " changed")) + "\n")
   with pytest.raises(ValueError, match="belongs to another run"):
     evaluate(config, workdir)
+
+
+def test_curves_plot_a_runs_metrics(magic_run, tmp_path):
+  from wst_jax import curves
+  _, workdir = magic_run
+  curves.main(["curves", str(workdir), "--out", str(tmp_path / "out"), "--window", "3"])
+  assert (tmp_path / "out" / "metrics.jsonl").read_text() == (workdir / "metrics.jsonl").read_text()
+  assert (tmp_path / "out" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert curves.moving_average([1.0, 2.0, 3.0, 4.0], 3) == [1.0, 1.5, 2.0, 3.0]
+  with pytest.raises(SystemExit) as exit_:
+    curves.main(["curves", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")])
+  assert exit_.value.code == 2

@@ -27,12 +27,11 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from wst_jax import checkpoints, errors, sharding
+from wst_jax import errors, sharding
 from wst_jax.data import batches
 from wst_jax.data.batches import segment_ids
 from wst_jax.data.registry import load_eval_examples
 from wst_jax.experiment import Setup, checkpoint_manager, init_state, restore_or_init
-from wst_jax.models import ScalarHeadLM
 from wst_jax.optim import optimizer
 from wst_jax.prompting import strip_stop
 from wst_jax.sampling import Generation, generate, generate_queued
@@ -262,12 +261,15 @@ def trained_teacher_params(setup, workdir: Path):
   return state.params, int(state.step)
 
 
-def larger_teacher(setup, path: Path):
-  """A different (e.g. larger) teacher LM from its folder (setup.paths["eval_teacher"]): same
-  tokenizer, no value head needed."""
-  lm = checkpoints.load_decoder(path, mesh=setup.mesh, **setup.config.teacher.dtypes)
-  teacher = ScalarHeadLM(lm.cfg, rngs=nnx.Rngs(0), lm=lm)
-  return nnx.split(teacher, nnx.Param)
+def teacher_setup(config) -> Setup:
+  """The setup of row (e): config.eval.teacher_path as the teacher, with its own tokenizer and
+  chat template (its vocabulary may differ from the trained teacher's), the same student and
+  task. Its weights are held in the teacher's compute dtype: it only samples."""
+  other = config.copy_and_resolve_references()
+  with other.unlocked():
+    other.teacher.path, other.eval.teacher_path = config.eval.teacher_path, ""
+    other.teacher.dtypes.param_dtype = config.teacher.dtypes.dtype
+  return Setup(other)
 
 
 def top_instructions(instructions: list[str], rewards: np.ndarray, k: int = 5) -> list[dict]:
@@ -314,20 +316,22 @@ def paired_text(p: dict) -> str:
   return text
 
 
-def table_rows(setup, arrays, sources, config, records: Path | None = None):
+def table_rows(sources, config, records: Path | None = None):
   """One table: a row per instruction source (mean reward, 95% CI, improvement over the first
   row, mean lengths), each teacher row's most frequent instructions, and the paired comparison
   of the trained teacher's row "(d) ..." with every other row. -> (rows, instructions, paired).
 
+  sources: (row name, source, teacher (graphdef or None, params), setup, that setup's step
+  inputs of the eval set) per row; every row answers the same questions.
   records: a folder for each row's per-question JSONL (`run_source`), named by the row and a
   key of what it answers, so a rerun resumes each row and a changed setting starts afresh.
   """
   rows, instructions, rewards = [], {}, {}
-  fields = json.dumps([config.rollout.to_dict(), config.prompt.to_dict(), config.seed,
-                       str(setup.paths["teacher"])], sort_keys=True, default=str)
-  for name, source, teacher in sources:
+  for name, source, teacher, setup, arrays in sources:
     record = None
     if records is not None:
+      fields = json.dumps([config.rollout.to_dict(), config.prompt.to_dict(), config.seed,
+                           str(setup.paths["teacher"])], sort_keys=True, default=str)
       records.mkdir(parents=True, exist_ok=True)
       record = records / f"{slug(name)}-{content_key(setup, arrays, name, fields)}.jsonl"
     result = run_source(setup, arrays, source, teacher, desc=name, seed=config.seed,
@@ -389,13 +393,17 @@ def evaluate(config, workdir, setup=None) -> dict:
     sources.append((f"(d) WST teacher (step {step})", "teacher", (None, trained)))
   else:
     logging.warning("no checkpoint in %s: row (d) is left out", workdir)
+  others = []   # (name, setup) of rows with a teacher of their own
   if config.eval.teacher_path:
-    sources.append((f"(e) teacher {Path(config.eval.teacher_path).name}", "teacher",
-                    larger_teacher(setup, setup.paths["eval_teacher"])))
+    others.append((f"(e) teacher {Path(config.eval.teacher_path).name}", teacher_setup(config)))
   metric = "accuracy" if config.reward.kind == "verifier" else "reward-model score"
   tables = []
-  for title, arrays in eval_sets(setup):
-    rows, instructions, paired = table_rows(setup, arrays, sources, config,
+  other_sets = [eval_sets(s) for _, s in others]
+  for i, (title, arrays) in enumerate(eval_sets(setup)):
+    rows = [(*source, setup, arrays) for source in sources]
+    rows += [(name, "teacher", (None, s.teacher_params), s, sets[i][1])
+             for (name, s), sets in zip(others, other_sets)]
+    rows, instructions, paired = table_rows(rows, config,
                                             workdir / "eval" / "answers" / slug(title))
     tables.append({"title": title, "rows": rows, "instructions": instructions, "paired": paired})
   markdown = "\n\n".join(f"### {t['title']}\n\n{markdown_table(t['rows'], metric)}"

@@ -154,7 +154,10 @@ class Slots(NamedTuple):
 def _greedy(logits):
   """f32[B, V] -> the argmax int32[B] and its log-prob f32[B]."""
   token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  return token, jnp.take_along_axis(jax.nn.log_softmax(logits, -1), token[:, None], -1)[:, 0]
+  # The chosen logit is the largest: its log-prob is -log(sum(exp(logits - it))), one pass over
+  # the row; a whole log_softmax writes [B, V] (~8 ms a step at 64 x 151936 on 2 CPU cores).
+  top = jnp.take_along_axis(logits, token[:, None], -1)
+  return token, -jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))
 
 
 def _empty_slots(model: Decoder, slots: int, length: int, max_new_tokens: int, pad_id: int):
