@@ -82,8 +82,7 @@ def get_config(arg: str = ""):
   c.train.update(batch_size=8, num_steps=20, checkpoint_every=5, keep_checkpoints=2)
   # 64 decode slots (queued: each takes the next question when its answer ends): this CPU's bf16
   # matmuls reach their rate at 64 rows (benchmarks/answer_rate.json).
-  c.eval.update(batch_size=64)
-  c.eval.update(teacher_path=LARGER_TEACHER)
+  c.eval.update(batch_size=64, teacher_path=LARGER_TEACHER)
   # In the user turn, four kinds (a row is ~3.5 minutes here): steps, length, format, no code.
   c.probe = dict(instructions=list(PROBE_INSTRUCTIONS),
                  user_turn_instructions=[PROBE_INSTRUCTIONS[i] for i in (0, 3, 7, 8)],

@@ -94,14 +94,15 @@ def probe(config, out: Path) -> list[dict]:
   records.mkdir(parents=True, exist_ok=True)
   metric = "accuracy" if config.reward.kind == "verifier" else "reward-model score"
   budget = config.rollout.answer_len
-  held, table, alone = None, [], None   # held: (prompt, setup, step inputs), one setup's models at a time
+  # held: (prompt, setup, step inputs) of the current rows; one setup's models at a time.
+  held, table, alone = None, [], None
   for name, prompt, source, text in probe_rows(config):
     placed = config.copy_and_resolve_references()
     with placed.unlocked():
       placed.prompt.update(prompt)
     wanted = json.dumps(placed.prompt.to_dict(), sort_keys=True)
     if held is None or held[0] != wanted:   # rows of one prompt come together
-      held = setup = None
+      held = setup = None   # let the previous setup's models go before loading the next
       setup = Setup(placed)
       held = wanted, setup, setup.encode(setup.task.eval)
     _, setup, arrays = held
@@ -124,7 +125,7 @@ def probe(config, out: Path) -> list[dict]:
     (out / "signal.json").write_text(json.dumps(
         dict(metric=metric, answer_len=budget, eval_size=len(result.rewards),
              student=config.student.path, rows=table), indent=2) + "\n")
-    print(markdown(table, metric, budget).splitlines()[-1], flush=True)
+    print(markdown(table[-1:], metric, budget).splitlines()[-1], flush=True)
   return table
 
 
