@@ -53,6 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
                vf_coef=0.1, ent_coef=0.0, kl_coef=0.05,
                kl_target=config_dict.placeholder(float), kl_horizon=10000,
                num_epochs=2, num_minibatches=2, whiten_advantages=True)
+  # warmup_steps and decay_steps count training steps (each makes num_epochs x num_minibatches
+  # AdamW updates at that step's rate).
   c.optim = dict(learning_rate=1e-5, warmup_steps=10, decay_steps=1000, final_lr_fraction=0.1,
                  max_grad_norm=1.0, b1=0.9, b2=0.95, weight_decay=0.0)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +253,11 @@ def test_setup_refuses_a_config_that_does_not_fit_before_reading_anything(monkey
   # The same config with room passes the check and goes on to read the (absent) folders.
   with pytest.raises(AssertionError, match="read /not/on/this/machine"):
     experiment.Setup(tiny_config())
+
+
+def test_a_setup_shares_only_the_same_student(monkeypatch):
+  monkeypatch.setattr(checkpoints, "load_tokenizer", lambda path: pytest.fail(f"read {path}"))
+  other = tiny_config()
+  other.student.path = "/not/on/this/machine/another-student"
+  with pytest.raises(ValueError, match=r"config\.student differs"):
+    experiment.Setup(tiny_config(), student_from=types.SimpleNamespace(config=other))

@@ -95,18 +95,23 @@ def test_probe_rows_on_real_models_resume_from_their_records(tmp_path):
 def test_eval_row_e_teacher_has_its_own_tokenizer_and_chat_template(tmp_path):
   """Row (e) with a teacher whose vocabulary differs from the trained teacher's (Qwen's against
   SmolLM2's): its prompts are rendered in its own chat template and encoded by its own tokenizer,
-  and the row is scored on the same questions as the others."""
+  and the row is scored on the same questions as the others, by the same student, not loaded
+  again, and with no KL reference (only training reads it)."""
   from wst_jax import eval as wst_eval
+  from wst_jax.experiment import Setup
   config = real_gsm8k_cpu.get_config("smoke")
   config.eval.teacher_path = real_gsm8k_cpu.STUDENT
   config.task.update(eval_size=2)
-  other = wst_eval.teacher_setup(config)
+  setup = Setup(config)
+  other = wst_eval.teacher_setup(config, setup)
+  assert other.frozen["student"] is setup.frozen["student"] and other.tokenizer is setup.tokenizer
+  assert "reference" not in other.frozen and "reference" not in setup.frozen
   arrays = other.encode(other.task.eval)
   prompts = [other.teacher_tokenizer.decode(ids[mask].tolist())
              for ids, mask in zip(arrays["teacher_prompt"], arrays["teacher_prompt_mask"])]
   assert all(p.startswith("<|im_start|>system") and "<|im_start|>assistant" in p for p in prompts)
   assert all(ex["question"][-40:] in p for ex, p in zip(other.task.eval, prompts))
-  result = wst_eval.evaluate(config, tmp_path)
+  result = wst_eval.evaluate(config, tmp_path, setup=setup)
   [table] = result["tables"]
   assert [r["source"][:3] for r in table["rows"]] == ["(a)", "(b)", "(c)", "(e)"]
   row = table["rows"][-1]

@@ -59,7 +59,8 @@ class Stepper:
   def __init__(self, config):
     self.config = config
     self.setup = Setup(config)
-    self.tx = optimizer(config.optim)
+    self.frozen = self.setup.training_frozen()
+    self.tx = optimizer(config)
     self.state, shardings = init_state(self.setup, self.tx)
     self.arrays = self.setup.encode(self.setup.task.train)
     rep = sharding.replicated(self.setup.mesh)
@@ -75,7 +76,7 @@ class Stepper:
   def run(self, host_batch: dict):
     """One step; -> (metrics as floats, samples on the host)."""
     batch = sharding.put_batch(host_batch, self.setup.mesh)
-    self.state, metrics, samples = self.step_fn(self.state, self.setup.frozen, batch)
+    self.state, metrics, samples = self.step_fn(self.state, self.frozen, batch)
     return ({k: float(v) for k, v in jax.device_get(metrics).items()}, jax.device_get(samples))
 
   def params(self) -> dict:
@@ -163,7 +164,7 @@ def test_kl_is_zero_against_the_reference_at_init_and_uses_pre_update_params(ste
   batch, samples = s.batches[1], s.samples[1]
   eos = np.asarray(setup.rollout.teacher_eos)
   action_mask = samples["instruction_mask"] | np.isin(samples["instruction"], eos)
-  reference = setup.frozen["reference"]
+  reference = s.frozen["reference"]
 
   @jax.jit
   def seq_kl(params):

@@ -259,6 +259,29 @@ def test_rows_up_to_drops_later_and_torn_rows():
   assert train_lib.rows_up_to(lines, 0) == []
 
 
+def test_learning_rate_schedule_counts_training_steps():
+  """warmup_steps and decay_steps are training steps: each step's num_epochs x num_minibatches
+  AdamW updates share its rate (optax counts updates). With a constant gradient, Adam's update is
+  the rate itself."""
+  from configs import common
+  from wst_jax.optim import optimizer
+  config = common.base_config()
+  config.ppo.update(num_epochs=1, num_minibatches=2)
+  config.optim.update(learning_rate=1.0, warmup_steps=2, decay_steps=10, final_lr_fraction=0.1,
+                      weight_decay=0.0, max_grad_norm=10.0)
+  tx = optimizer(config)
+  params = {"w": jax.numpy.zeros(())}
+  opt_state, rates = tx.init(params), []
+  for _ in range(24):   # 12 training steps of 2 updates
+    updates, opt_state = tx.update({"w": jax.numpy.ones(())}, opt_state, params)
+    rates.append(-float(updates["w"]))
+  per_step = np.asarray(rates).reshape(12, 2)
+  np.testing.assert_allclose(per_step[:, 0], per_step[:, 1], rtol=1e-5)   # one rate a step
+  np.testing.assert_allclose(per_step[:3, 0], [0.0, 0.5, 1.0], atol=1e-5)  # warmup: 2 steps
+  assert 0.1 < per_step[6, 0] < 1.0            # still decaying at step 6 (of 10)
+  np.testing.assert_allclose(per_step[10:, 0], 0.1, rtol=1e-4)   # the floor from step 10 on
+
+
 def test_nan_guard_names_step_and_checkpoint_and_keeps_the_last_good_one(world, run_a, tmp_path,
                                                                           monkeypatch):
   poisoned = []
@@ -401,6 +424,30 @@ def test_eval_resumes_from_its_records(magic_run):
   path.write_text(json.dumps(dict(row, instruction=row["instruction"] + " changed")) + "\n")
   with pytest.raises(ValueError, match="belongs to another run"):
     evaluate(config, workdir)
+
+
+def test_eval_answers_a_teacher_trained_again_afresh(magic_run, tmp_path):
+  """Row (d)'s records are keyed by the checkpoint's save, not only its step: a copied run
+  resumes them, a run whose step-STEPS checkpoint was written again (here: the untrained teacher)
+  is answered afresh, and its row (d) then scores what row (c) scores."""
+  from wst_jax.optim import optimizer
+  config, workdir = magic_run
+  first = evaluate(config, workdir)["tables"][0]["rows"]
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  assert evaluate(config, copy)["tables"][0]["rows"] == [
+      dict(r, record=r["record"].replace(str(workdir), str(copy))) for r in first]
+  shutil.rmtree(copy / "checkpoints")
+  setup = Setup(config)
+  state, _ = experiment.init_state(setup, optimizer(config))
+  mngr = experiment.checkpoint_manager(copy, config)
+  mngr.save(STEPS, args=ocp.args.StandardSave(state._replace(step=jax.numpy.int32(STEPS))))
+  mngr.wait_until_finished()
+  again = {r["source"][:3]: r for r in evaluate(config, copy, setup)["tables"][0]["rows"]}
+  before = {r["source"][:3]: r for r in first}
+  assert again["(d)"]["source"] == before["(d)"]["source"]   # same name, same step
+  assert again["(d)"]["record"] != before["(d)"]["record"].replace(str(workdir), str(copy))
+  assert again["(d)"]["mean"] == again["(c)"]["mean"] < before["(d)"]["mean"]
 
 
 def test_curves_plot_a_runs_metrics(magic_run, tmp_path):

@@ -256,20 +256,27 @@ def trained_teacher_params(setup, workdir: Path):
   mngr = checkpoint_manager(Path(workdir), setup.config)
   if mngr.latest_step() is None:
     return None, 0
-  state, shardings = init_state(setup, optimizer(setup.config.optim))
+  state, shardings = init_state(setup, optimizer(setup.config))
   state = restore_or_init(mngr, state, shardings)
   return state.params, int(state.step)
 
 
-def teacher_setup(config) -> Setup:
+def checkpoint_stamp(setup, workdir: Path, step: int) -> str:
+  """Which save of `step` in workdir: orbax's commit time of that checkpoint. Row (d)'s records
+  are keyed by it, so a teacher trained again to the same step is answered afresh."""
+  meta = checkpoint_manager(Path(workdir), setup.config).metadata(step)
+  return f"checkpoint {step}, committed at {meta.commit_timestamp_nsecs} ns"
+
+
+def teacher_setup(config, setup: Setup) -> Setup:
   """The setup of row (e): config.eval.teacher_path as the teacher, with its own tokenizer and
-  chat template (its vocabulary may differ from the trained teacher's), the same student and
-  task. Its weights are held in the teacher's compute dtype: it only samples."""
+  chat template (its vocabulary may differ from the trained teacher's), and `setup`'s student,
+  reward and task. Its weights are held in the teacher's compute dtype: it only samples."""
   other = config.copy_and_resolve_references()
   with other.unlocked():
     other.teacher.path, other.eval.teacher_path = config.eval.teacher_path, ""
     other.teacher.dtypes.param_dtype = config.teacher.dtypes.dtype
-  return Setup(other)
+  return Setup(other, student_from=setup)
 
 
 def top_instructions(instructions: list[str], rewards: np.ndarray, k: int = 5) -> list[dict]:
@@ -321,19 +328,22 @@ def table_rows(sources, config, records: Path | None = None):
   row, mean lengths), each teacher row's most frequent instructions, and the paired comparison
   of the trained teacher's row "(d) ..." with every other row. -> (rows, instructions, paired).
 
-  sources: (row name, source, teacher (graphdef or None, params), setup, that setup's step
-  inputs of the eval set) per row; every row answers the same questions.
+  sources: (row name, source, teacher (graphdef or None, params), origin, setup, that setup's
+  step inputs of the eval set) per row; every row answers the same questions. origin: where a
+  trained teacher's params come from (`checkpoint_stamp`), "" for a teacher that is the setup's
+  own model folder, or none.
   records: a folder for each row's per-question JSONL (`run_source`), named by the row and a
   key of what it answers, so a rerun resumes each row and a changed setting starts afresh.
   """
   rows, instructions, rewards = [], {}, {}
-  for name, source, teacher, setup, arrays in sources:
+  for name, source, teacher, origin, setup, arrays in sources:
     record = None
     if records is not None:
       fields = json.dumps([config.rollout.to_dict(), config.prompt.to_dict(), config.seed,
                            str(setup.paths["teacher"])], sort_keys=True, default=str)
       records.mkdir(parents=True, exist_ok=True)
-      record = records / f"{slug(name)}-{content_key(setup, arrays, name, fields)}.jsonl"
+      key = content_key(setup, arrays, name, fields, origin)
+      record = records / f"{slug(name)}-{key}.jsonl"
     result = run_source(setup, arrays, source, teacher, desc=name, seed=config.seed,
                         record=record)
     lo, hi = bootstrap_interval(result.rewards, config.eval.bootstrap_samples, config.seed)
@@ -385,23 +395,25 @@ def evaluate(config, workdir, setup=None) -> dict:
   """
   setup = setup or Setup(config)
   workdir = Path(workdir)
-  sources = [("(a) student alone", "none", (None, None)),
-             ("(b) human instruction", "fixed", (None, None)),
-             ("(c) untrained teacher", "teacher", (None, setup.teacher_params))]
+  sources = [("(a) student alone", "none", (None, None), ""),
+             ("(b) human instruction", "fixed", (None, None), ""),
+             ("(c) untrained teacher", "teacher", (None, setup.teacher_params), "")]
   trained, step = trained_teacher_params(setup, workdir)
   if trained is not None:
-    sources.append((f"(d) WST teacher (step {step})", "teacher", (None, trained)))
+    sources.append((f"(d) WST teacher (step {step})", "teacher", (None, trained),
+                    checkpoint_stamp(setup, workdir, step)))
   else:
     logging.warning("no checkpoint in %s: row (d) is left out", workdir)
   others = []   # (name, setup) of rows with a teacher of their own
   if config.eval.teacher_path:
-    others.append((f"(e) teacher {Path(config.eval.teacher_path).name}", teacher_setup(config)))
+    others.append((f"(e) teacher {Path(config.eval.teacher_path).name}",
+                   teacher_setup(config, setup)))
   metric = "accuracy" if config.reward.kind == "verifier" else "reward-model score"
   tables = []
   other_sets = [eval_sets(s) for _, s in others]
   for i, (title, arrays) in enumerate(eval_sets(setup)):
     rows = [(*source, setup, arrays) for source in sources]
-    rows += [(name, "teacher", (None, s.teacher_params), s, sets[i][1])
+    rows += [(name, "teacher", (None, s.teacher_params), "", s, sets[i][1])
              for (name, s), sets in zip(others, other_sets)]
     rows, instructions, paired = table_rows(rows, config,
                                             workdir / "eval" / "answers" / slug(title))

@@ -65,8 +65,13 @@ def _with_prompt(config, prompt: dict):
 class Setup:
   """Everything a run (train or eval) builds from a config before the first step."""
 
-  def __init__(self, config):
+  def __init__(self, config, student_from: Setup | None = None):
+    """`student_from`: a setup of the same student and reward, whose student, tokenizer and
+    reward this one shares instead of loading them again (eval's row (e): another teacher for
+    the same student)."""
     validate(config)
+    if student_from is not None:
+      _check_same_student(config, student_from.config)
     self.config = config
     self.mesh = sharding.make_mesh(config.mesh.to_dict())
     self.paths = resolve_model_paths(config)
@@ -75,7 +80,10 @@ class Setup:
     if memory_plan is not None and jax.process_index() == 0:
       logging.info("%s", plan.format_plan(memory_plan))
     self.teacher_tokenizer = checkpoints.load_tokenizer(self.paths["teacher"])
-    self.tokenizer = checkpoints.load_tokenizer(self.paths["student"])  # answers, rewards
+    if student_from is None:
+      self.tokenizer = checkpoints.load_tokenizer(self.paths["student"])  # answers, rewards
+    else:
+      self.tokenizer = student_from.tokenizer
     if config.prompt.chat:   # from here on the prompts are whole texts in each chat template
       config = self.config = _with_prompt(config, batches.chat_prompts(
           config.prompt, self.teacher_tokenizer, self.tokenizer))
@@ -83,18 +91,19 @@ class Setup:
     # Each weight is read straight into its sharding: no device holds a whole sharded weight.
     teacher_lm = checkpoints.load_decoder(self.paths["teacher"], mesh=self.mesh,
                                           **config.teacher.dtypes)
-    student = checkpoints.load_decoder(self.paths["student"], mesh=self.mesh,
-                                       **config.student.dtypes)
     teacher = ScalarHeadLM(teacher_lm.cfg, rngs=nnx.Rngs(config.seed), lm=teacher_lm)
-    teacher_def, teacher_params = nnx.split(teacher, nnx.Param)
-    reference_def, reference_params = nnx.split(teacher_lm, nnx.Param)
-    student_def, student_params = nnx.split(student, nnx.Param)
+    teacher_def, self.teacher_params = nnx.split(teacher, nnx.Param)
+    reference_def = nnx.graphdef(teacher_lm)
+    if student_from is None:
+      student = checkpoints.load_decoder(self.paths["student"], mesh=self.mesh,
+                                         **config.student.dtypes)
+      student_def, student_params = nnx.split(student, nnx.Param)
+      self.frozen = {"student": student_params}
+      self.reward_fn = self._reward_fn()
+    else:
+      student_def, self.reward_fn = student_from.roles.student, student_from.reward_fn
+      self.frozen = dict(student_from.frozen)
     self.roles = Roles(teacher_def, reference_def, student_def)
-    # The reference is a copy: the teacher's buffers are donated to (and updated by) the step.
-    self.frozen = {"reference": jax.tree.map(jnp.copy, reference_params),
-                   "student": student_params}
-    self.reward_fn = self._reward_fn()
-    self.teacher_params = teacher_params
     self.task = load_task(config.task, config.seed)
 
   def _reward_fn(self):
@@ -107,6 +116,20 @@ class Setup:
 
   def encode(self, examples):
     return batches.encode_examples(examples, self.teacher_tokenizer, self.tokenizer, self.config)
+
+  def training_frozen(self) -> dict:
+    """self.frozen and, as "reference", the KL penalty's frozen teacher LM: a copy of the
+    initial teacher's LM params, taken before the first step (the step donates the teacher's
+    buffers and updates them). Only training makes it: sampling never reads it."""
+    return {**self.frozen, "reference": jax.tree.map(jnp.copy, self.teacher_params["lm"])}
+
+
+def _check_same_student(config, other) -> None:
+  """Raises ValueError, naming the field, unless `config` has `other`'s student and reward."""
+  for field in ("student", "reward"):
+    if config[field].to_dict() != other[field].to_dict():
+      raise ValueError(f"config.{field} differs from the setup whose student is shared: "
+                       f"{config[field].to_dict()} vs {other[field].to_dict()}")
 
 
 # ------------------------------------------------------------------------------ train state

@@ -6,11 +6,18 @@ from __future__ import annotations
 import optax
 
 
-def optimizer(optim) -> optax.GradientTransformation:
-  """Global-norm clipping, then AdamW on a linear-warmup, cosine-decay learning rate."""
-  schedule = optax.warmup_cosine_decay_schedule(
+def optimizer(config) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW on a linear-warmup, cosine-decay learning rate.
+
+  config.optim.warmup_steps and decay_steps count training steps, like config.train.num_steps.
+  Each step makes ppo.num_epochs x ppo.num_minibatches AdamW updates at that step's rate (optax
+  counts updates: a schedule in updates would end its decay num_epochs x num_minibatches times
+  too early)."""
+  optim, ppo = config.optim, config.ppo
+  by_step = optax.warmup_cosine_decay_schedule(
       0.0, optim.learning_rate, optim.warmup_steps, max(optim.decay_steps, optim.warmup_steps + 1),
       end_value=optim.learning_rate * optim.final_lr_fraction)
+  updates_per_step = ppo.num_epochs * ppo.num_minibatches
   return optax.chain(optax.clip_by_global_norm(optim.max_grad_norm),
-                     optax.adamw(schedule, b1=optim.b1, b2=optim.b2,
-                                 weight_decay=optim.weight_decay))
+                     optax.adamw(lambda count: by_step(count // updates_per_step),
+                                 b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay))

@@ -293,7 +293,7 @@ def make_plan(config, devices: int | None = None, device_memory_gib: float | Non
     rm = abstract_params(ScalarHeadLM, rm_cfg)
     add("reward model params", "resident", tree_bytes(rm, mesh),
         f"{human_count(count(rm))} x {rm_cfg.param_dtype}", FIX_MESH + ", a smaller reward model")
-  tx = optimizer(config.optim)
+  tx = optimizer(config)
   opt_state = jax.eval_shape(tx.init, teacher)
   add("optimizer state (AdamW mu, nu)", "resident", tree_bytes(opt_state, mesh),
       "2 x teacher params, in the params' dtype (optax)", FIX_MESH)

@@ -81,10 +81,11 @@ def train(config, workdir, on_step=None) -> dict:
   setup = Setup(config)
   # ---- data
   train_arrays = setup.encode(setup.task.train)
+  frozen = setup.training_frozen()
   if config.reward.baseline == "student":
     train_arrays["baseline_reward"] = student_alone_rewards(setup, train_arrays, workdir)
   # ---- optimizer, sharded state, resume from the newest readable checkpoint
-  tx = optimizer(config.optim)
+  tx = optimizer(config)
   state, shardings = init_state(setup, tx)
   mngr = checkpoint_manager(workdir, config)
   state = restore_or_init(mngr, state, shardings)
@@ -105,7 +106,7 @@ def train(config, workdir, on_step=None) -> dict:
                                    jax.process_index(), jax.process_count())
       batch = sharding.put_batch(batches.take(train_arrays, rows), setup.mesh)
       t0 = time.perf_counter()
-      new_state, metrics, samples = step_fn(state, setup.frozen, batch)
+      new_state, metrics, samples = step_fn(state, frozen, batch)
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       metrics["step_time_s"] = time.perf_counter() - t0
       bad = [k for k, v in metrics.items() if not math.isfinite(v)]
