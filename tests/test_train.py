@@ -409,11 +409,16 @@ def test_eval_table_after_training(magic_run):
 
 
 def test_eval_resumes_from_its_records(magic_run):
-  """A crash mid-row (half the questions recorded, the last line cut) costs only the rest; a
-  record from another run is an error, not silently mixed in."""
+  """Complete records are read back with nothing sampled or answered; a crash mid-row (half the
+  questions recorded, the last line cut) costs only the rest; a record from another run is an
+  error, not silently mixed in."""
+  from wst_jax import eval as wst_eval
   config, workdir = magic_run
   first = evaluate(config, workdir)
   [table] = first["tables"]
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(wst_eval, "make_instruction_step", lambda *a, **k: pytest.fail("sampled again"))
+    assert evaluate(config, workdir)["tables"][0]["rows"] == table["rows"]
   path = Path(next(r["record"] for r in table["rows"] if r["source"].startswith("(d)")))
   lines = path.read_text().splitlines(keepends=True)
   path.write_text("".join(lines[:len(lines) // 2]) + lines[len(lines) // 2][:10])

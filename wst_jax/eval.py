@@ -31,7 +31,8 @@ from wst_jax import errors, sharding
 from wst_jax.data import batches
 from wst_jax.data.batches import segment_ids
 from wst_jax.data.registry import load_eval_examples
-from wst_jax.experiment import Setup, checkpoint_manager, init_state, restore_or_init
+from wst_jax.experiment import (Setup, checkpoint_manager, init_state, on_every_process,
+                                restore_or_init)
 from wst_jax.optim import optimizer
 from wst_jax.prompting import strip_stop
 from wst_jax.sampling import Generation, generate, generate_queued
@@ -137,11 +138,15 @@ def run_source(setup, arrays, source: str, teacher=(None, None), desc: str = "",
   record: a JSONL file that gets one line per scored row as it is scored ({"index",
   "instruction", "answer", "reward", "instruction_tokens", "answer_tokens"}); rows already in it
   are not answered again, so a rerun after a crash continues where it stopped. The instructions
-  are sampled again (the same seed gives the same ones) and must match the recorded ones.
+  are sampled again (the same seed gives the same ones) and must match the recorded ones. A
+  record that holds every row is the result: read back, nothing sampled.
   """
   teacher_def, teacher_params = teacher
   config = setup.config
   n = len(arrays["teacher_prompt"])
+  done = _read_record(record)
+  if on_every_process(len(done) == n):   # (each process decodes unless all of them skip)
+    return _result([done[i] for i in range(n)])
   bs = config.eval.batch_size
   instruct = make_instruction_step(setup, source, teacher_def, instruction)
   procs, proc = jax.process_count(), jax.process_index()
@@ -151,14 +156,16 @@ def run_source(setup, arrays, source: str, teacher=(None, None), desc: str = "",
   # 1. Instructions and student prompts, in static batches sharded like training's.
   parts = []
   rng = jax.random.PRNGKey(seed)
-  for rows, keep in _batches(n, bs):
-    batch = sharding.put_batch({k: v[rows[mine]] for k, v in arrays.items()}, setup.mesh)
-    rng, key = jax.random.split(rng)
-    parts.append([x[:keep] for x in jax.device_get(instruct(teacher_params, batch, key))])
+  with tqdm(total=n, desc=f"{desc or source}: instructions", leave=False,
+            disable=jax.process_index() != 0 or source != "teacher") as bar:
+    for rows, keep in _batches(n, bs):
+      batch = sharding.put_batch({k: v[rows[mine]] for k, v in arrays.items()}, setup.mesh)
+      rng, key = jax.random.split(rng)
+      parts.append([x[:keep] for x in jax.device_get(instruct(teacher_params, batch, key))])
+      bar.update(keep)
   ids, masks, prompts, prompt_masks = (np.concatenate(x) for x in zip(*parts))
   instructions = _texts(setup.teacher_tokenizer, ids, masks)
   # 2. Answers (skipping recorded rows), scored in groups of bs rows as they end.
-  done = _read_record(record)
   for i, r in done.items():
     if r["instruction"] != instructions[i]:
       raise errors.ConfigError(
@@ -203,9 +210,13 @@ def run_source(setup, arrays, source: str, teacher=(None, None), desc: str = "",
   finally:
     if out is not None:
       out.close()
-  rows = [done[i] for i in range(n)]
+  return _result([done[i] for i in range(n)])
+
+
+def _result(rows: list[dict]) -> SourceResult:
+  """Scored rows (as recorded, in question order) -> SourceResult."""
   return SourceResult(np.asarray([r["reward"] for r in rows], np.float32),
-                      instructions, [r["answer"] for r in rows],
+                      [r["instruction"] for r in rows], [r["answer"] for r in rows],
                       np.asarray([r["instruction_tokens"] for r in rows]),
                       np.asarray([r["answer_tokens"] for r in rows]))
 
