@@ -437,11 +437,12 @@ def test_eval_answers_a_teacher_trained_again_afresh(magic_run, tmp_path):
   is answered afresh, and its row (d) then scores what row (c) scores."""
   from wst_jax.optim import optimizer
   config, workdir = magic_run
-  first = evaluate(config, workdir)["tables"][0]["rows"]
-  copy = tmp_path / "run"
-  shutil.copytree(workdir, copy)
+  run, copy = tmp_path / "run", tmp_path / "copy"
+  shutil.copytree(workdir, run, ignore=shutil.ignore_patterns("eval"))   # records of its own
+  first = evaluate(config, run)["tables"][0]["rows"]
+  shutil.copytree(run, copy)
   assert evaluate(config, copy)["tables"][0]["rows"] == [
-      dict(r, record=r["record"].replace(str(workdir), str(copy))) for r in first]
+      dict(r, record=r["record"].replace(str(run), str(copy))) for r in first]
   shutil.rmtree(copy / "checkpoints")
   setup = Setup(config)
   state, _ = experiment.init_state(setup, optimizer(config))
@@ -451,7 +452,7 @@ def test_eval_answers_a_teacher_trained_again_afresh(magic_run, tmp_path):
   again = {r["source"][:3]: r for r in evaluate(config, copy, setup)["tables"][0]["rows"]}
   before = {r["source"][:3]: r for r in first}
   assert again["(d)"]["source"] == before["(d)"]["source"]   # same name, same step
-  assert again["(d)"]["record"] != before["(d)"]["record"].replace(str(workdir), str(copy))
+  assert again["(d)"]["record"] != before["(d)"]["record"].replace(str(run), str(copy))
   assert again["(d)"]["mean"] == again["(c)"]["mean"] < before["(d)"]["mean"]
 
 
