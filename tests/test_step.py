@@ -158,10 +158,11 @@ def test_kl_is_zero_against_the_reference_at_init_and_uses_pre_update_params(ste
   # Step 1's KL is measured with the params the step started from, i.e. the reference.
   assert abs(s.metrics[0]["kl"]) < 1e-6, s.metrics[0]
   assert s.metrics[0]["instruction_len"] > 0
-  # Recompute step 2's KL on its own instructions: with the params before step 2 it matches the
-  # metric; with the params after step 2 it does not (so the metric is pre-update, and nonzero).
+  # Recompute step 3's KL on its own instructions: with the params before step 3 it matches the
+  # metric; with the params after step 3 it does not (so the metric is pre-update, and nonzero).
+  # (Step 3: the first step trains at the warm-up's rate of 0, so step 2 starts from the reference.)
   setup, config = s.setup, s.config
-  batch, samples = s.batches[1], s.samples[1]
+  batch, samples = s.batches[2], s.samples[2]
   eos = np.asarray(setup.rollout.teacher_eos)
   action_mask = samples["instruction_mask"] | np.isin(samples["instruction"], eos)
   reference = s.frozen["reference"]
@@ -182,11 +183,11 @@ def test_kl_is_zero_against_the_reference_at_init_and_uses_pre_update_params(ste
 
   treedef = jax.tree.structure(setup.teacher_params)
   as_params = lambda flat: jax.tree.unflatten(treedef, list(flat.values()))
-  before = float(seq_kl(as_params(s.params_after[1])))
-  after = float(seq_kl(as_params(s.params_after[2])))
-  assert abs(before - s.metrics[1]["kl"]) < 1e-5, (before, s.metrics[1]["kl"])
-  assert abs(s.metrics[1]["kl"]) > 1e-4, "the params did not move in step 1"
-  assert abs(after - s.metrics[1]["kl"]) > 1e-4, (after, s.metrics[1]["kl"])
+  before = float(seq_kl(as_params(s.params_after[2])))
+  after = float(seq_kl(as_params(s.params_after[3])))
+  assert abs(before - s.metrics[2]["kl"]) < 1e-5, (before, s.metrics[2]["kl"])
+  assert abs(s.metrics[2]["kl"]) > 1e-4, "the params did not move in step 2"
+  assert abs(after - s.metrics[2]["kl"]) > 1e-4, (after, s.metrics[2]["kl"])
 
 
 def test_student_prompt_assembled_in_jit_equals_host_tokenization_segment_by_segment(
