@@ -23,7 +23,7 @@ sys.path[:0] = [str(Path(__file__).parents[1]), str(Path(__file__).parents[1] / 
 import tiny_world  # noqa: E402
 
 from wst_jax import checkpoints  # noqa: E402
-from wst_jax.step import Rollout, answer_questions  # noqa: E402
+from wst_jax.step import Rollout, answer_questions, hand_over  # noqa: E402
 from wst_jax.data.batches import encode_examples  # noqa: E402
 
 
@@ -49,7 +49,8 @@ def main():
     ids = np.asarray([teacher_tok.encode(instruction_text, add_special_tokens=False)] * args.batch,
                      np.int32)
     mask = np.ones_like(ids, bool)
-    fn = jax.jit(lambda m, b, i, k: answer_questions(m, b, i, k, rollout).tokens)
+    fn = jax.jit(lambda m, b, i, k: answer_questions(m, b, *hand_over(i, k, rollout),
+                                                      rollout).tokens)
     batch = {k: jnp.asarray(v) for k, v in arrays.items()}
     jax.block_until_ready(fn(student, batch, ids, mask))
     times = []

@@ -76,21 +76,29 @@ def write_instructions(teacher_lm, batch, rng, rollout) -> Generation:
                   top_k=rollout.top_k, top_p=rollout.top_p)
 
 
+def hand_over(ids, mask, rollout):
+  """The teacher's instruction (teacher ids int32[B, N] without its stop token, mask) in the
+  student's ids: the same arrays when they share a vocabulary, else re-tokenized as text on the
+  host (`rollout.retokenize`) -> int32[B, I], mask bool[B, I]."""
+  if rollout.retokenize is None:
+    return ids, mask
+  return rollout.retokenize(ids, mask)
+
+
 def student_prompts(batch, instruction_ids, instruction_mask, rollout):
   """[prefix][instruction][question suffix], left-padded: -> ids int32[B, Ls], mask bool[B, Ls].
 
-  instruction_ids/_mask: the teacher's instruction without its stop token, in teacher ids.
+  instruction_ids/_mask: the instruction in student ids (`hand_over`).
   """
   b = instruction_ids.shape[0]
-  if rollout.retokenize is not None:
-    instruction_ids, instruction_mask = rollout.retokenize(instruction_ids, instruction_mask)
   return concat_left_padded(constant_segment(rollout.student_prefix, b),
                             (instruction_ids, instruction_mask),
                             (batch["student_suffix"], batch["student_suffix_mask"]))
 
 
 def answer_questions(student, batch, instruction_ids, instruction_mask, rollout) -> Generation:
-  """The student answers greedily, prompted with `student_prompts`."""
+  """The student answers greedily, prompted with `student_prompts` (instruction in student
+  ids)."""
   prompt, mask = student_prompts(batch, instruction_ids, instruction_mask, rollout)
   return generate(student, prompt, mask, jax.random.key(0), max_new_tokens=rollout.answer_len,
                   eos_ids=rollout.student_eos, pad_id=rollout.student_pad, greedy=True)
@@ -114,19 +122,28 @@ def instruction_span(prompt_len: int) -> slice:
   return slice(prompt_len - 1, -1)
 
 
-def make_train_step(config, rollout: Rollout, roles: Roles, tx: optax.GradientTransformation,
-                    reward_fn: Callable) -> Callable:
-  """-> `train_step(state, frozen, batch) -> (state, metrics, samples)`, pure and jittable.
+class Phases(NamedTuple):
+  """The step's phases, each a pure jittable function (`make_phases`); the step runs them in
+  this order, and benchmarks/train_step.py times each alone. `batch` is the step's batch: one
+  row per question [B, ...]; every output has the B x k rows of the k instructions per question,
+  laid out [q0 i0, q0 i1, ..., q1 i0, ...]."""
+  write: Callable      # (params, batch, rng) -> Generation [Bk, N]: the teacher's instructions
+  hand_over: Callable  # (instruction Generation) -> ids int32[Bk, I], mask: in student ids
+  answer: Callable     # (frozen, batch, ids, mask) -> Generation [Bk, A]: greedy answers
+  reward: Callable     # (frozen, batch, answer) -> f32[Bk]
+  policy: Callable     # (params, batch, instruction) -> (logp, values, entropy) f32[Bk, N]
+  reference: Callable  # (frozen, batch, instruction) -> logp f32[Bk, N] of the reference
+  update: Callable     # (params, opt_state, experience, rng) -> (params, opt_state, metrics)
 
-  frozen: {"reference": params, "student": params, optional "reward_model": params}.
-  batch (leading axis B): teacher_prompt/_mask [B,Pt], student_suffix/_mask [B,Ps], task fields
-  for the reward (gold, rm_prompt...), and baseline_reward f32[B] when config.reward.baseline
-  is "student".
-  """
+
+def make_phases(config, rollout: Rollout, roles: Roles, tx: optax.GradientTransformation,
+                reward_fn: Callable) -> Phases:
+  """The phases of `make_train_step` (see `Phases`)."""
   ppo_cfg = config.ppo
   group = ppo_cfg.advantage == "group"
   k = ppo_cfg.group_size if group else 1
   temperature = rollout.temperature
+  repeat = lambda batch: jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), batch)
 
   def teacher_forward(params, sequence, seq_mask):
     prompt_len = sequence.shape[1] - rollout.instruction_len
@@ -136,33 +153,82 @@ def make_train_step(config, rollout: Rollout, roles: Roles, tx: optax.GradientTr
     logp, entropy = instruction_logprobs(logits, sequence[:, prompt_len:], temperature)
     return logp, values, entropy
 
+  def sequences(batch, instruction):
+    """[teacher prompt, instruction] per row: ids int32[Bk, Pt + N], mask."""
+    batch = repeat(batch)
+    return (jnp.concatenate([batch["teacher_prompt"], instruction.tokens], axis=1),
+            jnp.concatenate([batch["teacher_prompt_mask"], instruction.mask], axis=1))
+
+  def write(params, batch, rng):
+    teacher = nnx.merge(roles.teacher, params)
+    return write_instructions(teacher.lm, repeat(batch), rng, rollout)
+
+  def hand(instruction):
+    return hand_over(*strip_stop(instruction.tokens, instruction.mask, rollout.teacher_eos),
+                     rollout)
+
+  def answer(frozen, batch, ids, mask):
+    student = nnx.merge(roles.student, frozen["student"])
+    return answer_questions(student, repeat(batch), ids, mask, rollout)
+
+  def reward(frozen, batch, answer):
+    return reward_fn(frozen, repeat(batch), answer)
+
+  def policy(params, batch, instruction):
+    return teacher_forward(params, *sequences(batch, instruction))
+
+  def reference(frozen, batch, instruction):
+    sequence, seq_mask = sequences(batch, instruction)
+    model = nnx.merge(roles.reference, frozen["reference"])
+    prompt_len = batch["teacher_prompt"].shape[1]
+    _, hidden, _ = model(sequence, positions_from_mask(seq_mask), seq_mask)
+    logits = model.logits(hidden[:, instruction_span(prompt_len)])
+    return instruction_logprobs(logits, instruction.tokens, temperature)[0]
+
   def policy_fn(params, mb):
     logp, values, entropy = teacher_forward(params, mb["sequence"], mb["seq_mask"])
     return logp, (None if group else values), entropy
 
+  def update(params, opt_state, experience, rng):
+    return ppo.ppo_update(
+        params, opt_state, experience, rng, policy_fn=policy_fn, tx=tx,
+        num_epochs=ppo_cfg.num_epochs, num_minibatches=ppo_cfg.num_minibatches,
+        clip_eps=ppo_cfg.clip_eps, vf_clip=ppo_cfg.vf_clip, vf_coef=ppo_cfg.vf_coef,
+        ent_coef=ppo_cfg.ent_coef, use_value=not group)
+
+  return Phases(write, hand, answer, reward, policy, reference, update)
+
+
+def make_train_step(config, rollout: Rollout, roles: Roles, tx: optax.GradientTransformation,
+                    reward_fn: Callable) -> Callable:
+  """-> `train_step(state, frozen, batch) -> (state, metrics, samples)`, pure and jittable.
+
+  frozen: {"reference": params, "student": params, optional "reward_model": params}.
+  batch (leading axis B, one row per question): teacher_prompt/_mask [B,Pt], the student's
+  prompt segments, task fields for the reward (gold, rm_prompt...), and baseline_reward f32[B]
+  when config.reward.baseline is "student".
+  """
+  ppo_cfg = config.ppo
+  group = ppo_cfg.advantage == "group"
+  k = ppo_cfg.group_size if group else 1
+  phases = make_phases(config, rollout, roles, tx, reward_fn)
+
   def train_step(state: TrainState, frozen, batch):
     rng, sample_rng, ppo_rng = jax.random.split(state.rng, 3)
-    batch = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), batch)  # k instructions/question
 
-    # 1. Rollout: instruction, answer, reward. No gradients flow through here.
-    teacher = nnx.merge(roles.teacher, state.params)
-    instruction = write_instructions(teacher.lm, batch, sample_rng, rollout)
-    student = nnx.merge(roles.student, frozen["student"])
-    ids, mask = strip_stop(instruction.tokens, instruction.mask, rollout.teacher_eos)
-    answer = answer_questions(student, batch, ids, mask, rollout)
-    reward = reward_fn(frozen, batch, answer)
-    score = reward - batch["baseline_reward"] if config.reward.baseline == "student" else reward
+    # 1. Rollout: k instructions per question, the answers, their reward. No gradients here.
+    instruction = phases.write(state.params, batch, sample_rng)
+    ids, mask = phases.hand_over(instruction)
+    answer = phases.answer(frozen, batch, ids, mask)
+    reward = phases.reward(frozen, batch, answer)
+    score = reward
+    if config.reward.baseline == "student":
+      score = reward - jnp.repeat(batch["baseline_reward"], k, axis=0)
 
     # 2. Old policy, values and the reference, on [teacher prompt, instruction].
-    sequence = jnp.concatenate([batch["teacher_prompt"], instruction.tokens], axis=1)
-    seq_mask = jnp.concatenate([batch["teacher_prompt_mask"], instruction.mask], axis=1)
     action_mask = instruction.mask.astype(jnp.float32)
-    old_logp, old_values, _ = teacher_forward(state.params, sequence, seq_mask)
-    reference = nnx.merge(roles.reference, frozen["reference"])
-    prompt_len = batch["teacher_prompt"].shape[1]
-    _, ref_hidden, _ = reference(sequence, positions_from_mask(seq_mask), seq_mask)
-    ref_logits = reference.logits(ref_hidden[:, instruction_span(prompt_len)])
-    ref_logp, _ = instruction_logprobs(ref_logits, instruction.tokens, temperature)
+    old_logp, old_values, _ = phases.policy(state.params, batch, instruction)
+    ref_logp = phases.reference(frozen, batch, instruction)
 
     # 3. Advantages: KL folded into per-token rewards (InstructGPT), then GAE or group-relative.
     token_rewards, kl = ppo.kl_penalized_rewards(score, old_logp, ref_logp, action_mask,
@@ -178,14 +244,13 @@ def make_train_step(config, rollout: Rollout, roles: Roles, tx: optax.GradientTr
       advantages = ppo.masked_whiten(advantages, action_mask)
 
     # 4. PPO epochs over minibatches.
-    experience = dict(sequence=sequence, seq_mask=seq_mask, mask=action_mask,
-                      old_logprobs=old_logp, advantages=advantages, old_values=old_values,
-                      returns=returns)
-    params, opt_state, update_metrics = ppo.ppo_update(
-        state.params, state.opt_state, experience, ppo_rng, policy_fn=policy_fn, tx=tx,
-        num_epochs=ppo_cfg.num_epochs, num_minibatches=ppo_cfg.num_minibatches,
-        clip_eps=ppo_cfg.clip_eps, vf_clip=ppo_cfg.vf_clip, vf_coef=ppo_cfg.vf_coef,
-        ent_coef=ppo_cfg.ent_coef, use_value=not group)
+    repeated = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), batch)
+    experience = dict(sequence=jnp.concatenate([repeated["teacher_prompt"], instruction.tokens], 1),
+                      seq_mask=jnp.concatenate([repeated["teacher_prompt_mask"], instruction.mask], 1),
+                      mask=action_mask, old_logprobs=old_logp, advantages=advantages,
+                      old_values=old_values, returns=returns)
+    params, opt_state, update_metrics = phases.update(state.params, state.opt_state, experience,
+                                                      ppo_rng)
 
     seq_kl = jnp.sum(kl * action_mask, axis=1)
     kl_coef = state.kl_coef
@@ -197,7 +262,8 @@ def make_train_step(config, rollout: Rollout, roles: Roles, tx: optax.GradientTr
                    instruction_len=jnp.mean(jnp.sum(instruction.mask, 1).astype(jnp.float32)),
                    answer_len=jnp.mean(jnp.sum(answer.mask, 1).astype(jnp.float32)),
                    answer_done=jnp.mean(answer.done.astype(jnp.float32)))
-    samples = dict(instruction=instruction.tokens, instruction_mask=mask, reward=reward)
+    samples = dict(instruction=instruction.tokens, instruction_mask=strip_stop(
+        instruction.tokens, instruction.mask, rollout.teacher_eos)[1], reward=reward)
     new_state = TrainState(state.step + 1, params, opt_state, kl_coef, rng)
     return new_state, metrics, samples
 
