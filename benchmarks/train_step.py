@@ -1,6 +1,7 @@
 r"""What one WST training step costs on real models, phase by phase, against what the evaluation
 pays per answer: `configs/real_gsm8k_cpu.py` (SmolLM2-135M-Instruct teaches
-Qwen2.5-Coder-0.5B-Instruct), its first training batch, at each answer budget of --budgets.
+Qwen2.5-Coder-0.5B-Instruct; --config real_gsm8k_v2_cpu: the instruction after the question), its
+first training batch, at each answer budget of --budgets.
 
     python benchmarks/train_step.py --label after [--budgets 256 512] [--phases-at 256 512]
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib
 import json
 import platform
 import subprocess
@@ -46,7 +48,6 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parent))
 from answer_rate import attention_flops, dot_rate, layer_flops_per_token, load  # noqa: E402
-from configs import real_gsm8k_cpu  # noqa: E402
 from wst_jax import sharding  # noqa: E402
 from wst_jax.data import batches  # noqa: E402
 from wst_jax.experiment import Setup, init_state  # noqa: E402
@@ -55,6 +56,7 @@ from wst_jax.sampling import generate_queued  # noqa: E402
 from wst_jax.step import make_phases, make_train_step, student_prompts  # noqa: E402
 
 MAX_RATIO = 1.5   # the step's seconds per answer over the evaluation's
+PREFILL_ROWS = 4096  # rows of the matmul that measures the prefill's bf16 rate
 
 _compile_s = []
 jax.monitoring.register_event_duration_secs_listener(
@@ -88,12 +90,21 @@ def decode_flops(cfg, rows: int, steps: int, context: int) -> float:
 
 def phase_entry(seconds, compile_s, gflop, rate) -> dict:
   return dict(seconds=round(seconds, 2), compile_s=round(compile_s, 1),
-              gflop=round(gflop / 1e9, 1), floor_s=round(gflop / rate, 2),
-              vs_floor=round(seconds / (gflop / rate), 2) if gflop else None)
+              floor_gflop=round(gflop / 1e9, 1), floor_s=round(gflop / rate, 2),
+              vs_floor=round(seconds / (gflop / rate), 2))
+
+
+def longest(batch, field: str) -> int:
+  return int(np.asarray(batch[field + "_mask"]).sum(1).max())
 
 
 def phases_at(setup, rollout, state, frozen, batch, tx, rates) -> dict:
-  """Each phase of the step alone, in order, on the step's own values (see the module doc)."""
+  """Each phase of the step alone, in order, on the step's own values (see the module doc).
+
+  A phase's floor is the work it cannot avoid, at the bf16 rate: each question's prompt once
+  (not once per instruction) over its batch's longest prompt (not the config's maximum), each
+  answer token once (not the longest answer times the rows). The same floor for any version of
+  the step, so `vs_floor` shows what a version wastes."""
   config = setup.config
   tcfg, scfg = rates["teacher_cfg"], rates["student_cfg"]
   k = config.ppo.group_size if config.ppo.advantage == "group" else 1
@@ -103,19 +114,17 @@ def phases_at(setup, rollout, state, frozen, batch, tx, rates) -> dict:
   rng = jax.random.key(0)
   b = batch["teacher_prompt"].shape[0]
   rows = b * k
-  pt = batch["teacher_prompt"].shape[1]
+  pt = longest(batch, "teacher_prompt")
   n = rollout.instruction_len
+  prefill_rate, decode_rate = rates["teacher_bf16_prefill"], rates["teacher_bf16_decode"]
   out = dict(load_before=load())
 
   # Teacher: prefill (a one-token budget), then the rest.
   _, pre_s, pre_c = timed_call(phases_one.write, state.params, batch, rng)
   instruction, s, c = timed_call(phases.write, state.params, batch, rng)
-  steps = int(np.max(np.asarray(instruction.mask).sum(1)))
-  pre_flops = flops(tcfg, rows, pt, pt, rows)
-  out["teacher_prefill"] = phase_entry(pre_s, pre_c, pre_flops, rates["teacher_bf16"])
-  out["teacher_decode"] = phase_entry(s - pre_s, c, decode_flops(tcfg, rows, steps, pt),
-                                      rates["teacher_bf16"])
-  out["teacher_decode"]["steps"] = steps
+  out["teacher_prefill"] = phase_entry(pre_s, pre_c, flops(tcfg, b, pt, pt, b), prefill_rate)
+  out["teacher_decode"] = phase_entry(s - pre_s, c, decode_flops(tcfg, rows, n, pt),
+                                      decode_rate)
 
   (ids, mask), s, c = timed_call(phases.hand_over, instruction)
   out["hand_over"] = dict(seconds=round(s, 3), compile_s=round(c, 1))
@@ -124,43 +133,47 @@ def phases_at(setup, rollout, state, frozen, batch, tx, rates) -> dict:
   _, pre_s, pre_c = timed_call(phases_one.answer, frozen, batch, ids, mask)
   answer, s, c = timed_call(phases.answer, frozen, batch, ids, mask)
   lengths = np.asarray(answer.mask).sum(1)
-  repeated = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), batch)
-  prompt, _ = jax.jit(student_prompts, static_argnums=3)(repeated, ids, mask, rollout)
-  ps = prompt.shape[1]
-  row_steps = rows * int(lengths.max())  # a static batch runs until its longest answer ends
-  out["student_prefill"] = phase_entry(pre_s, pre_c, flops(scfg, rows, ps, ps, rows),
-                                       rates["student_bf16"])
-  out["student_decode"] = phase_entry(s - pre_s, c, decode_flops(scfg, rows, int(lengths.max()),
-                                                                 ps), rates["student_bf16"])
+  prefix = longest(batch, "student_prefix") if "student_prefix" in batch else 0
+  rest = int(np.asarray(mask).sum(1).max()) + longest(batch, "student_suffix") + 2  # + sep
+  student_rate = rates["student_bf16_prefill"]
+  out["student_prefill"] = phase_entry(
+      pre_s, pre_c, flops(scfg, b, prefix, prefix, 0)
+      + flops(scfg, rows, rest, prefix + rest, rows), student_rate)
+  out["student_decode"] = phase_entry(
+      s - pre_s, c, sum(decode_flops(scfg, 1, int(l), prefix + rest) for l in lengths),
+      rates["student_bf16_decode"])
+  # A static batch runs every row until its longest answer ends; `row_steps` counts what ran.
+  row_steps = answer.row_steps if getattr(answer, "row_steps", None) is not None else (
+      rows * lengths.max())
   out["student_decode"].update(
-      prompt_len=ps, row_steps=row_steps, sum_answer_lengths=int(lengths.sum()),
-      row_steps_per_answer_token=round(row_steps / max(1, int(lengths.sum())), 2),
+      row_steps=int(row_steps), sum_answer_lengths=int(lengths.sum()),
+      row_steps_per_answer_token=round(int(row_steps) / max(1, int(lengths.sum())), 2),
       answers_at_budget=int(np.sum(lengths >= rollout.answer_len)))
 
   reward, s, c = timed_call(phases.reward, frozen, batch, answer)
   out["reward"] = dict(seconds=round(s, 3), compile_s=round(c, 1),
                        mean=round(float(np.mean(reward)), 3))
 
-  seq = pt + n
+  score_flops = flops(tcfg, b, pt, pt, 0) + flops(tcfg, rows, n, pt + n, rows * n)
   (old_logp, old_values, _), s, c = timed_call(phases.policy, state.params, batch, instruction)
-  out["old_policy"] = phase_entry(s, c, flops(tcfg, rows, seq, seq, rows * n),
-                                  rates["teacher_bf16"])
+  out["old_policy"] = phase_entry(s, c, score_flops, prefill_rate)
   _, s, c = timed_call(phases.reference, frozen, batch, instruction)
-  out["reference"] = phase_entry(s, c, flops(tcfg, rows, seq, seq, rows * n),
-                                 rates["teacher_bf16"])
+  out["reference"] = phase_entry(s, c, score_flops, prefill_rate)
 
-  # The update on stand-in advantages (their values do not change its cost).
+  # The update on stand-in advantages (their values do not change its cost), with the entries
+  # this version's policy_fn reads.
   action_mask = instruction.mask.astype(jnp.float32)
+  repeated = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), batch)
   experience = dict(
       sequence=jnp.concatenate([repeated["teacher_prompt"], instruction.tokens], 1),
       seq_mask=jnp.concatenate([repeated["teacher_prompt_mask"], instruction.mask], 1),
+      prompt=repeated["teacher_prompt"], prompt_mask=repeated["teacher_prompt_mask"],
+      instruction=instruction.tokens, instruction_mask=instruction.mask,
       mask=action_mask, old_logprobs=old_logp, advantages=action_mask * 0.1,
       old_values=old_values, returns=jnp.zeros_like(old_logp))
   _, s, c = timed_call(phases.update, state.params, state.opt_state, experience, rng)
-  epochs = config.ppo.num_epochs
   # forward + backward: 3x the forward's FLOPs, per epoch over all rows.
-  out["ppo_update"] = phase_entry(s, c, 3 * epochs * flops(tcfg, rows, seq, seq, rows * n),
-                                  rates["teacher_bf16"])
+  out["ppo_update"] = phase_entry(s, c, 3 * config.ppo.num_epochs * score_flops, prefill_rate)
   out["sum_of_phases_s"] = round(sum(v["seconds"] for v in out.values()
                                      if isinstance(v, dict) and "seconds" in v), 1)
   out["load_after"] = load()
@@ -195,20 +208,25 @@ def eval_rate(setup, rollout, arrays) -> dict:
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--label", required=True, help="e.g. before / after")
+  parser.add_argument("--config", default="real_gsm8k_cpu", help="a module of configs/")
   parser.add_argument("--budgets", type=int, nargs="+", default=[256, 512])
   parser.add_argument("--phases-at", type=int, nargs="*", default=[256, 512])
   parser.add_argument("--questions", type=int, default=64)
   parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
   args = parser.parse_args()
 
-  config = real_gsm8k_cpu.get_config()
+  config = importlib.import_module(f"configs.{args.config}").get_config()
   with config.unlocked():
     config.task.max_train = max(config.train.batch_size, args.questions)
   setup = Setup(config)
   arrays = setup.encode(setup.task.train)
   rows = batches.batch_indices(0, config.train.batch_size, len(arrays["teacher_prompt"]),
                                config.seed)
-  batch = sharding.put_batch(batches.take(arrays, rows), setup.mesh)
+  batch = batches.take(arrays, rows)
+  if hasattr(batches, "bucket_widths"):  # cut to what the prompts hold, as train.py does (the
+    # step before the step-cost change had no buckets: "before" runs this script on that code)
+    batch = batches.trim(batch, batches.bucket_widths(arrays, rows, config.data.prompt_bucket))
+  batch = sharding.put_batch(batch, setup.mesh)
   tx = optimizer(config)
   frozen = setup.training_frozen()
   state, _ = init_state(setup, tx)
@@ -216,18 +234,21 @@ def main():
   answers = config.train.batch_size * k
   tcfg = nnx.merge(setup.roles.reference, frozen["reference"]).cfg
   scfg = nnx.merge(setup.roles.student, frozen["student"]).cfg
-  rates = dict(teacher_cfg=tcfg, student_cfg=scfg,
-               teacher_bf16=dot_rate(tcfg, answers, jnp.bfloat16),
-               student_bf16=dot_rate(scfg, answers, jnp.bfloat16))
+  # The bf16 rate (f32 accumulation) of each model's MLP matmuls: at a decode step's rows and at
+  # a prefill's (rows x tokens).
+  rates = dict(teacher_cfg=tcfg, student_cfg=scfg)
+  for name, cfg in (("teacher", tcfg), ("student", scfg)):
+    rates[f"{name}_bf16_decode"] = dot_rate(cfg, answers, jnp.bfloat16)
+    rates[f"{name}_bf16_prefill"] = dot_rate(cfg, PREFILL_ROWS, jnp.bfloat16)
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, cwd=Path(__file__).parents[1]).stdout.strip()
   result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 commit=commit, machine=platform.processor() or platform.machine(),
-                jax=jax.__version__, config="configs/real_gsm8k_cpu.py",
+                jax=jax.__version__, config=f"configs/{args.config}.py",
                 questions_per_step=config.train.batch_size, instructions_per_question=k,
                 answers_per_step=answers,
-                bf16_gflops=dict(teacher=round(rates["teacher_bf16"] / 1e9),
-                                 student=round(rates["student_bf16"] / 1e9)),
+                bf16_gflops={k: round(v / 1e9) for k, v in rates.items() if "bf16" in k},
+                load_at_start=load(),
                 budgets={})
   out_path = Path(args.out)
 

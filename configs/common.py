@@ -34,17 +34,28 @@ def base_config() -> ml_collections.ConfigDict:
   c.task = dict(name="gsm8k", train_path="", eval_path="", eval_size=200, max_train=0,
                 verifier="gsm8k", skip_malformed=False)
 
-  # chat: "" = the templates below are the whole prompt text; "system" / "user" = they are turn
-  # contents, wrapped in each model's own chat template (`batches.chat_prompts`): the teacher's
-  # template is its user turn, the student's instruction is its system turn ("system") or opens
-  # its user turn ("user"), the question (student_suffix) is its user turn.
+  # The student prompt is [student_prefix][instruction][student_suffix], each formatted with the
+  # question: the instruction's placement is a template. chat: "" = these texts are the whole
+  # prompt; "system" / "user_before" / "user_after" = they are turn contents, wrapped in each
+  # model's own chat template (`batches.chat_prompts`): the teacher's template is its user turn;
+  # the student's instruction is its system turn and the question (student_suffix) its user turn
+  # ("system"), or it opens the user turn before the question ("user_before") or closes it after
+  # the question ("user_after": the question goes in student_prefix, e.g. "{question}").
+  # instruction_sep: text between a non-empty instruction and the question (dropped with an
+  # empty instruction, so that "no instruction" is the question as it is).
   c.prompt = dict(chat="", teacher_template=TEACHER_TEMPLATE, student_prefix=STUDENT_PREFIX,
-                  student_suffix=STUDENT_SUFFIX, human_instruction=HUMAN_INSTRUCTION)
+                  student_suffix=STUDENT_SUFFIX, instruction_sep="",
+                  human_instruction=HUMAN_INSTRUCTION)
   # retokenized_instruction_len: student-side instruction length when the vocabularies differ.
   # question_len: a longer question (an HH-RLHF dialogue) keeps its last question_len student
   # tokens (left truncation, count logged; 0 = never cut, an over-long prompt is an error).
-  c.data = dict(teacher_prompt_len=128, student_suffix_len=128, gold_len=32, rm_prompt_len=256,
-                retokenized_instruction_len=32, question_len=0)
+  # student_prefix_len / student_suffix_len: the student prompt's parts before and after the
+  # instruction, in student tokens (the one that holds the question needs its length).
+  # prompt_bucket: a training step cuts its prompts' left padding to a multiple of this many
+  # tokens of its longest prompt (`batches.bucket_widths`); each width compiles the step once.
+  c.data = dict(teacher_prompt_len=128, student_prefix_len=32, student_suffix_len=128,
+                gold_len=32, rm_prompt_len=256, retokenized_instruction_len=32, question_len=0,
+                prompt_bucket=64)
 
   c.rollout = dict(instruction_len=16, answer_len=64, temperature=1.0, top_k=0, top_p=1.0)
   c.reward = dict(kind="verifier", baseline="none", model_path="")

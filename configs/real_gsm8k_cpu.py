@@ -84,8 +84,8 @@ def get_config(arg: str = ""):
   # matmuls reach their rate at 64 rows (benchmarks/answer_rate.json).
   c.eval.update(batch_size=64, teacher_path=LARGER_TEACHER)
   # In the user turn, four kinds (a row is ~3.5 minutes here): steps, length, format, no code.
-  c.probe = dict(instructions=list(PROBE_INSTRUCTIONS),
-                 user_turn_instructions=[PROBE_INSTRUCTIONS[i] for i in (0, 3, 7, 8)],
+  c.probe = dict(instructions={"system": list(PROBE_INSTRUCTIONS),
+                               "user_before": [PROBE_INSTRUCTIONS[i] for i in (0, 3, 7, 8)]},
                  meta_prompts=[META_PROMPT, META_PROMPT_EXAMPLES])
   if arg == "dev":   # the split settings are chosen on: train questions, never test ones
     c.task.update(eval_path="", eval_size=200)

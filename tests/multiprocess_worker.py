@@ -47,7 +47,7 @@ def dump_checkpoints(config, dumps: list[str]) -> None:
     if workdir == "init":
       params, step = setup.teacher_params, 0
     else:
-      params, step = trained_teacher_params(setup, Path(workdir))
+      params, step, _ = trained_teacher_params(setup, Path(workdir))
     if params is None:
       raise FileNotFoundError(f"no checkpoint in {workdir}")
     flat = jax.tree_util.tree_flatten_with_path(params)[0]

@@ -20,7 +20,8 @@ from safetensors.numpy import load_file, save_file
 
 from wst_jax import checkpoints
 from wst_jax.models import init_cache, positions_from_mask
-from wst_jax.sampling import Generation, generate, generate_queued, process_logits
+from wst_jax.prompting import concat_left_padded
+from wst_jax.sampling import Generation, generate, generate_queued, prefill, process_logits
 
 KINDS = ("gpt2", "llama", "qwen2", "mistral")
 VOCAB, PAD, BOS, EOS = 128, 0, 1, 2
@@ -451,6 +452,56 @@ def test_queued_answers_match_static(tiny, kind, dtype, n_rows, slots, refill):
   np.testing.assert_array_equal(got.mask, np.asarray(want.mask))
   np.testing.assert_array_equal(got.done, done)
   np.testing.assert_allclose(got.logprobs, np.asarray(want.logprobs), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,dtype", [("llama", "float32"), ("llama", "bfloat16")])
+def test_shared_prompt_and_shrinking_decode_match_one_prompt_per_row(tiny, kind, dtype):
+  """The WST step's way: a prompt shared by groups of k rows, run once, then each row's own
+  continuation (`prefill`), and a greedy decode that goes on with the live rows alone as rows
+  finish (shrink). Token for token what the static decode gives on the same prompts as one
+  left-padded prompt per row, in the same dtype; so are the sampled tokens with the same key;
+  and the hidden states that score a continuation are those of one forward pass."""
+  _, folder, _ = tiny(kind)
+  model = checkpoints.load_decoder(folder, dtype=dtype, param_dtype=dtype)
+  g, k, n = 8, 4, GEN_N   # 32 rows -> 8 -> 2
+  rng = np.random.default_rng(7)
+  prefix, prefix_mask = left_padded(5, rng.integers(1, 9, g), 8)
+  rest, rest_mask = left_padded(6, rng.integers(0, 6, g * k), 5)  # some rows add nothing
+  repeat = lambda x: np.repeat(x, k, axis=0)
+  flat, flat_mask = jax.device_get(concat_left_padded((repeat(prefix), repeat(prefix_mask)),
+                                                      (rest, rest_mask)))
+  key = jax.random.key(3)
+  free = np.asarray(run_generate(model, flat, flat_mask, key, n=n).tokens)
+  eos = tuple(sorted({int(free[r, r % n]) for r in range(0, g * k, 2)}))
+  want = run_generate(model, flat, flat_mask, key, n=n, eos_ids=eos)
+  shared = jax.jit(functools.partial(generate, max_new_tokens=n, eos_ids=eos, pad_id=PAD,
+                                     repeats=k), static_argnames=("greedy", "shrink"))
+  got = shared(model, prefix, prefix_mask, key, rest=rest, rest_mask=rest_mask, shrink=True)
+  lens = np.asarray(want.mask).sum(1)
+  assert len(set(lens.tolist())) > 2  # rows finish at different steps
+  for field in ("tokens", "mask", "done"):
+    np.testing.assert_array_equal(np.asarray(getattr(got, field)), np.asarray(getattr(want, field)))
+  np.testing.assert_allclose(np.asarray(got.logprobs), np.asarray(want.logprobs), atol=2e-2
+                             if dtype == "bfloat16" else 1e-5)
+  # The static batch ran every row to its longest answer; the shrinking one fewer row-steps.
+  assert int(want.row_steps) == g * k * lens.max()
+  assert lens.sum() <= int(got.row_steps) < int(want.row_steps)
+  # Sampling: the shared prompt's logits are the same rows, so the same key draws the same.
+  sampled = shared(model, prefix, prefix_mask, key, rest=rest, rest_mask=rest_mask, greedy=False)
+  np.testing.assert_array_equal(np.asarray(sampled.tokens), np.asarray(run_generate(
+      model, flat, flat_mask, key, n=n, eos_ids=eos, greedy=False).tokens))
+  # Scoring a right-padded continuation: the hidden states at the prompt's last position and
+  # at each continuation token equal one forward pass over [prompt, continuation].
+  cont, cont_mask = free[:, :6], np.arange(6)[None] < rng.integers(1, 7, g * k)[:, None]
+  hidden = jax.jit(functools.partial(prefill, repeats=k))(model, prefix, prefix_mask, rest=cont,
+                                                          rest_mask=cont_mask).hidden
+  seq_mask = np.concatenate([repeat(prefix_mask), cont_mask], 1)
+  _, full, _ = jax.jit(lambda m, i, mk: m(i, positions_from_mask(mk), mk))(
+      model, np.concatenate([repeat(prefix), cont], 1), seq_mask)
+  real = np.concatenate([np.ones((g * k, 1), bool), cont_mask], 1)
+  np.testing.assert_allclose(np.asarray(hidden, np.float32)[real],
+                             np.asarray(full[:, prefix.shape[1] - 1:], np.float32)[real],
+                             atol=5e-2 if dtype == "bfloat16" else 1e-4)
 
 
 # ---------------------------------------------------------------- (j) reward model

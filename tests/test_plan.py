@@ -229,17 +229,33 @@ def test_run_check_uses_the_devices_memory_else_the_plan_block():
   peak = plan.make_plan(c).peak
   # The devices' own limit wins over config.plan.device_memory_gib, both ways.
   with pytest.raises(plan.PlanError, match=r"bytes_limit.*XLA_PYTHON_CLIENT_MEM_FRACTION"):
-    plan.check_run(c, fake_mesh(peak), paths)  # 90% of the peak is usable
+    plan.check_run(c, fake_mesh(peak), paths, training=True)  # 90% of the peak is usable
   tight = tiny_config(dict(data=1, fsdp=2, model=1), memory_gib=1e-6)
-  assert plan.check_run(tight, fake_mesh(2 * peak), paths).fits
+  assert plan.check_run(tight, fake_mesh(2 * peak), paths, training=True).fits
   # No memory stats: config.plan.device_memory_gib.
   with pytest.raises(plan.PlanError, match=r"config\.plan\.device_memory_gib"):
-    plan.check_run(tight, fake_mesh(None), paths)
-  assert plan.check_run(c, fake_mesh(None), paths).device_memory_gib == 1.0
+    plan.check_run(tight, fake_mesh(None), paths, training=True)
+  assert plan.check_run(c, fake_mesh(None), paths, training=True).device_memory_gib == 1.0
   # Neither (CPU, no plan block): nothing to check against.
   bare = common.base_config()
   bare.mesh = dict(data=2, fsdp=1, model=1)
-  assert plan.check_run(bare, fake_mesh(None), {}) is None
+  assert plan.check_run(bare, fake_mesh(None), {}, training=True) is None
+
+
+def test_only_a_training_run_counts_the_kl_reference(monkeypatch):
+  """The reference is made by `Setup.training_frozen` alone; eval's setups only sample."""
+  train, sample = plan.make_plan(tiny_config()), plan.make_plan(tiny_config(), training=False)
+  assert set(items(train)) - set(items(sample)) == {"reference teacher params"}
+  assert train.phase("resident") - sample.phase("resident") == TEACHER_PARAMS * 4   # f32
+  assert train.peak - sample.peak == TEACHER_PARAMS * 4
+  # Memory between the two peaks: a training Setup is refused, an eval one goes on to read.
+  monkeypatch.setattr(checkpoints, "load_tokenizer", lambda path: pytest.fail(f"read {path}"))
+  memory_gib = (train.peak + sample.peak) / 2 / plan.USABLE_FRACTION / plan.GIB
+  between = tiny_config(memory_gib=memory_gib)
+  with pytest.raises(plan.PlanError, match="does not fit"):
+    experiment.Setup(between)
+  with pytest.raises(pytest.fail.Exception, match="read /not/on/this/machine"):
+    experiment.Setup(between, training=False)
 
 
 def test_setup_refuses_a_config_that_does_not_fit_before_reading_anything(monkeypatch):

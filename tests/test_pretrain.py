@@ -20,7 +20,7 @@ from wst_jax import tokenizer as tokens
 from wst_jax.data import synthetic
 from wst_jax.data.batches import encode_examples
 from wst_jax.models import positions_from_mask
-from wst_jax.prompting import concat_left_padded, constant_segment, strip_stop
+from wst_jax.prompting import concat_left_padded, strip_stop
 
 
 
@@ -188,8 +188,7 @@ def test_pretraining_rows_are_the_rl_steps_segments(built):
     instruction[i, :len(w)] = w
   ids, mask = strip_stop(jnp.asarray(instruction), jnp.asarray(instruction != tok.pad_token_id),
                          (tok.eos_token_id,))
-  prefix = tokens.segment_ids(tok, config.prompt.student_prefix)
-  prompt, prompt_mask = concat_left_padded(constant_segment(tuple(prefix), len(phrases)),
+  prompt, prompt_mask = concat_left_padded((batch["student_prefix"], batch["student_prefix_mask"]),
                                            (ids, mask), (batch["student_suffix"],
                                                          batch["student_suffix_mask"]))
   for i, (example, phrase) in enumerate(zip(examples, phrases)):

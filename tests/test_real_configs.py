@@ -3,12 +3,15 @@ memory plans, and two WST steps of the GPU config's code path on CPU."""
 import json
 import math
 
+import jax
+import numpy as np
 import pytest
 
-from configs import real_gsm8k_cpu, real_gsm8k_gpu
+from configs import real_gsm8k_cpu, real_gsm8k_gpu, real_gsm8k_v2_cpu
 from wst_jax import checkpoints, plan, zoo
 from wst_jax.data import batches, tasks
 from wst_jax.data.assets import resolve
+from wst_jax.step import Rollout, student_prompts
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +37,39 @@ def test_chat_prompts_wrap_each_models_template(tokenizers):
               tokenize=False, add_generation_prompt=True)
 
 
-@pytest.mark.parametrize("split", ["train", "test"])
-def test_every_gsm8k_question_fits_the_token_budgets(tokenizers, split):
+@pytest.mark.parametrize("placement", sorted(batches.PLACEMENTS))
+def test_student_prompt_places_the_instruction_as_the_template_says(tokenizers, placement):
+  """The student prompt assembled in jit, token segment by segment, reads as the chat template
+  renders the turns of each placement; with no instruction, the separator goes too, and the
+  prompt is the question alone."""
   config = real_gsm8k_cpu.get_config()
+  config.prompt.update(batches.PLACEMENTS[placement])
+  teacher, student = tokenizers[config.teacher.path], tokenizers[config.student.path]
+  config.prompt.update(batches.chat_prompts(config.prompt, teacher, student), chat="")
+  rollout = Rollout.from_config(config, teacher, student)
+  question, instruction = "What is 7 times 8?", "Add the numbers step by step."
+  arrays = batches.encode_examples([{"question": question, "answer": "56"}] * 2, teacher,
+                                   student, config)
+  ids = batches.segment_ids(student, instruction)
+  given = np.asarray([ids, ids], np.int32), np.asarray([[True] * len(ids), [False] * len(ids)])
+  prompt, mask = jax.device_get(jax.jit(student_prompts, static_argnums=3)(
+      {k: v for k, v in arrays.items() if k.startswith("student_")}, *given, rollout))
+  texts = [student.decode(row[m].tolist()) for row, m in zip(prompt, mask)]
+  sep = batches.PLACEMENTS[placement]["instruction_sep"]
+  user = lambda text: {"role": "user", "content": text}
+  turns = {"system": [{"role": "system", "content": instruction}, user(question)],
+           "user_before": [user(instruction + sep + question)],
+           "user_after": [user(question + sep + instruction)]}[placement]
+  alone = ([{"role": "system", "content": ""}] if placement == "system" else []) + [user(question)]
+  render = lambda messages: student.apply_chat_template(messages, tokenize=False,
+                                                        add_generation_prompt=True)
+  assert texts == [render(turns), render(alone)]
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("round_config", [real_gsm8k_cpu, real_gsm8k_v2_cpu])
+def test_every_gsm8k_question_fits_the_token_budgets(tokenizers, split, round_config):
+  config = round_config.get_config()
   teacher, student = tokenizers[config.teacher.path], tokenizers[config.student.path]
   config.prompt.update(batches.chat_prompts(config.prompt, teacher, student), chat="")
   path = config.task.train_path if split == "train" else config.task.eval_path

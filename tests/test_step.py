@@ -29,6 +29,7 @@ from wst_jax.data import batches
 from wst_jax.experiment import Setup, init_state
 from wst_jax.models import positions_from_mask
 from wst_jax.optim import optimizer
+from wst_jax.sampling import generate
 
 STEPS = 5            # steps run in process (compile-once); the first 2 are compared across meshes
 COMPARED = 2
@@ -158,11 +159,11 @@ def test_kl_is_zero_against_the_reference_at_init_and_uses_pre_update_params(ste
   # Step 1's KL is measured with the params the step started from, i.e. the reference.
   assert abs(s.metrics[0]["kl"]) < 1e-6, s.metrics[0]
   assert s.metrics[0]["instruction_len"] > 0
-  # Recompute step 3's KL on its own instructions: with the params before step 3 it matches the
-  # metric; with the params after step 3 it does not (so the metric is pre-update, and nonzero).
-  # (Step 3: the first step trains at the warm-up's rate of 0, so step 2 starts from the reference.)
+  # Recompute step 2's KL on its own instructions: with the params before step 2 (step 1 trained:
+  # its rate is learning_rate / warmup_steps) it matches the metric; with the params after step 2
+  # it does not (so the metric is pre-update, and nonzero).
   setup, config = s.setup, s.config
-  batch, samples = s.batches[2], s.samples[2]
+  batch, samples = s.batches[1], s.samples[1]
   eos = np.asarray(setup.rollout.teacher_eos)
   action_mask = samples["instruction_mask"] | np.isin(samples["instruction"], eos)
   reference = s.frozen["reference"]
@@ -183,15 +184,66 @@ def test_kl_is_zero_against_the_reference_at_init_and_uses_pre_update_params(ste
 
   treedef = jax.tree.structure(setup.teacher_params)
   as_params = lambda flat: jax.tree.unflatten(treedef, list(flat.values()))
-  before = float(seq_kl(as_params(s.params_after[2])))
-  after = float(seq_kl(as_params(s.params_after[3])))
-  assert abs(before - s.metrics[2]["kl"]) < 1e-5, (before, s.metrics[2]["kl"])
-  assert abs(s.metrics[2]["kl"]) > 1e-4, "the params did not move in step 2"
-  assert abs(after - s.metrics[2]["kl"]) > 1e-4, (after, s.metrics[2]["kl"])
+  before = float(seq_kl(as_params(s.params_after[1])))
+  after = float(seq_kl(as_params(s.params_after[2])))
+  assert abs(before - s.metrics[1]["kl"]) < 1e-5, (before, s.metrics[1]["kl"])
+  assert abs(s.metrics[1]["kl"]) > 1e-4, "the params did not move in step 1"
+  assert abs(after - s.metrics[1]["kl"]) > 1e-4, (after, s.metrics[1]["kl"])
 
 
-def test_student_prompt_assembled_in_jit_equals_host_tokenization_segment_by_segment(
-    stepped, monkeypatch):
+def test_shared_prompts_give_the_flat_steps_instructions_answers_and_scores(world):
+  """The step computes a question's prompt once for its k instructions (teacher sampling, old
+  policy, reference; the student's prefix) and shrinks the student's decode as answers end.
+  Against the same work done flat, one prompt per row as before those changes: the same
+  instructions and answers, and log-probs and values within float tolerance."""
+  config = step_config(world, {"data": 1, "fsdp": 1, "model": 1})
+  config.ppo.update(advantage="group", group_size=4)
+  setup = Setup(config)
+  rollout, roles, k = setup.rollout, setup.roles, 4
+  phases = step_lib.make_phases(config, rollout, roles, optimizer(config), setup.reward_fn)
+  frozen = setup.training_frozen()
+  arrays = setup.encode(setup.task.train)
+  batch = {key: v[:6] for key, v in arrays.items()}
+  flat = jax.tree.map(lambda x: np.repeat(x, k, axis=0), batch)
+  rng = jax.random.key(5)
+  teacher = nnx.merge(roles.teacher, setup.teacher_params)
+  student = nnx.merge(roles.student, frozen["student"])
+
+  instruction = jax.jit(phases.write)(setup.teacher_params, batch, rng)
+  want = jax.jit(lambda m, b: step_lib.write_instructions(m, b, rng, rollout))(teacher.lm, flat)
+  np.testing.assert_array_equal(np.asarray(instruction.tokens), np.asarray(want.tokens))
+  ids, mask = jax.jit(phases.hand_over)(instruction)
+  answer = jax.jit(phases.answer)(frozen, batch, ids, mask)
+
+  @jax.jit
+  def flat_answer(model, b, ids, mask):
+    prompt, prompt_mask = step_lib.student_prompts(b, ids, mask, rollout)
+    return generate(model, prompt, prompt_mask, rng, max_new_tokens=rollout.answer_len,
+                    eos_ids=rollout.student_eos, pad_id=rollout.student_pad)
+
+  want_answer = flat_answer(student, flat, ids, mask)
+  for field in ("tokens", "mask", "done"):
+    np.testing.assert_array_equal(np.asarray(getattr(answer, field)),
+                                  np.asarray(getattr(want_answer, field)))
+
+  @jax.jit
+  def flat_scores(model, b, instruction):
+    sequence = jnp.concatenate([b["teacher_prompt"], instruction.tokens], 1)
+    seq_mask = jnp.concatenate([b["teacher_prompt_mask"], instruction.mask], 1)
+    p = b["teacher_prompt"].shape[1]
+    logits, values = model(sequence, positions_from_mask(seq_mask), seq_mask, slice(p - 1, -1))
+    return step_lib.instruction_logprobs(logits, instruction.tokens, rollout.temperature)[0], values
+
+  logp, values, _ = jax.jit(phases.policy)(setup.teacher_params, batch, instruction)
+  want_logp, want_values = flat_scores(teacher, flat, instruction)
+  real = np.asarray(instruction.mask)
+  np.testing.assert_allclose(np.asarray(logp)[real], np.asarray(want_logp)[real], atol=TOL)
+  np.testing.assert_allclose(np.asarray(values)[real], np.asarray(want_values)[real], atol=TOL)
+  ref_logp = jax.jit(phases.reference)(frozen, batch, instruction)
+  np.testing.assert_allclose(np.asarray(ref_logp)[real], np.asarray(want_logp)[real], atol=TOL)
+
+
+def test_student_prompt_assembled_in_jit_equals_host_tokenization_segment_by_segment(stepped):
   setup, config = stepped.setup, stepped.config
   tok, rollout = setup.tokenizer, setup.rollout
   ids = lambda text: batches.segment_ids(tok, text)
@@ -206,16 +258,14 @@ def test_student_prompt_assembled_in_jit_equals_host_tokenization_segment_by_seg
   for i, text in enumerate(instructions):
     row = (ids(text) + [tok.eos_token_id])[:n_instr]
     gen[i, :len(row)], gen_mask[i, :len(row)] = row, True
-  # answer_questions with generation stubbed out returns the prompt it gives the student.
-  monkeypatch.setattr(step_lib, "generate", lambda model, prompt, mask, *a, **k: (prompt, mask))
-
   @jax.jit
   def student_prompt(batch, tokens, mask):
     tokens, mask = step_lib.strip_stop(tokens, mask, rollout.teacher_eos)
-    return step_lib.answer_questions(None, batch, tokens, mask, rollout)
+    return step_lib.student_prompts(batch, *step_lib.hand_over(tokens, mask, rollout), rollout)
 
   prompt, mask = jax.device_get(student_prompt(
-      {k: arrays[k] for k in ("student_suffix", "student_suffix_mask")}, gen, gen_mask))
+      {k: arrays[k] for k in ("student_prefix", "student_prefix_mask", "student_suffix",
+                              "student_suffix_mask")}, gen, gen_mask))
   host = [ids(config.prompt.student_prefix) + ids(text)
           + ids(config.prompt.student_suffix.format(question=e["question"]))
           for text, e in zip(instructions, examples)]

@@ -9,13 +9,14 @@ CHOICES = {
     "reward.baseline": ("none", "student"),
     "ppo.advantage": ("gae", "group"),
     "task.name": ("synthetic", "gsm8k", "math500", "hh_rlhf"),
-    "prompt.chat": ("", "system", "user"),
+    "prompt.chat": ("", "system", "user_before", "user_after"),
 }
 POSITIVE = ("train.batch_size", "train.num_steps", "train.checkpoint_every",
             "train.keep_checkpoints", "rollout.instruction_len", "rollout.answer_len",
             "rollout.temperature", "ppo.num_epochs", "ppo.num_minibatches", "ppo.group_size",
             "optim.learning_rate", "optim.max_grad_norm", "data.teacher_prompt_len",
-            "data.student_suffix_len", "eval.batch_size")
+            "data.student_prefix_len", "data.student_suffix_len", "data.prompt_bucket",
+            "eval.batch_size")
 UNIT_INTERVAL = ("ppo.gamma", "ppo.lam", "rollout.top_p")
 
 
@@ -60,10 +61,10 @@ def validate(config) -> None:
                       "(0 = never cut a question).")
   if config.rollout.top_k < 0:
     raise ConfigError(f"config.rollout.top_k={config.rollout.top_k} must be >= 0 (0 = off).")
-  rows = config.train.batch_size * (config.ppo.group_size if config.ppo.advantage == "group" else 1)
-  if rows % config.ppo.num_minibatches:
-    raise ConfigError(f"config.ppo.num_minibatches={config.ppo.num_minibatches} must divide the "
-                      f"{rows} rollouts of a step (train.batch_size x group_size).")
+  if config.train.batch_size % config.ppo.num_minibatches:
+    raise ConfigError(f"config.ppo.num_minibatches={config.ppo.num_minibatches} must divide "
+                      f"config.train.batch_size={config.train.batch_size}: a PPO minibatch holds "
+                      "whole groups (the instructions for one question).")
   if config.ppo.advantage == "group" and config.ppo.group_size < 2:
     raise ConfigError("config.ppo.group_size must be >= 2 with ppo.advantage='group'.")
   if config.reward.kind == "reward_model" and not config.reward.model_path:

@@ -36,7 +36,7 @@ from wst_jax.experiment import (Setup, checkpoint_manager, init_state, on_every_
 from wst_jax.optim import optimizer
 from wst_jax.prompting import strip_stop
 from wst_jax.sampling import Generation, generate, generate_queued
-from wst_jax.step import student_prompts, write_instructions
+from wst_jax.step import hand_over, student_prompts, write_instructions
 
 
 def make_instruction_step(setup, source: str, teacher_def=None, instruction: str | None = None):
@@ -63,7 +63,7 @@ def make_instruction_step(setup, source: str, teacher_def=None, instruction: str
       ids, mask = jnp.broadcast_to(fixed, (b, fixed.shape[0])), jnp.ones((b, fixed.shape[0]), bool)
     else:
       ids, mask = jnp.zeros((b, 0), jnp.int32), jnp.zeros((b, 0), bool)
-    return (ids, mask, *student_prompts(batch, ids, mask, rollout))
+    return (ids, mask, *student_prompts(batch, *hand_over(ids, mask, rollout), rollout))
 
   # Replicated results: every process (of a multi-host run) reads the whole batch.
   return jax.jit(step, out_shardings=sharding.replicated(setup.mesh))
@@ -262,21 +262,19 @@ def student_alone_rewards(setup, arrays, workdir: Path) -> np.ndarray:
 
 
 def trained_teacher_params(setup, workdir: Path):
-  """-> (teacher params, step) of the newest readable checkpoint in workdir (see
-  `restore_or_init`), or (None, 0) if there is none."""
+  """-> (teacher params, step, stamp) of the newest readable checkpoint in workdir (see
+  `restore_or_init`: damaged newer steps are skipped), or (None, 0, "") if there is none.
+
+  stamp: which save of that step it is, orbax's commit time of the checkpoint restored. Row (d)'s
+  records are keyed by it, so a teacher trained again to the same step is answered afresh."""
   mngr = checkpoint_manager(Path(workdir), setup.config)
   if mngr.latest_step() is None:
-    return None, 0
+    return None, 0, ""
   state, shardings = init_state(setup, optimizer(setup.config))
   state = restore_or_init(mngr, state, shardings)
-  return state.params, int(state.step)
-
-
-def checkpoint_stamp(setup, workdir: Path, step: int) -> str:
-  """Which save of `step` in workdir: orbax's commit time of that checkpoint. Row (d)'s records
-  are keyed by it, so a teacher trained again to the same step is answered afresh."""
-  meta = checkpoint_manager(Path(workdir), setup.config).metadata(step)
-  return f"checkpoint {step}, committed at {meta.commit_timestamp_nsecs} ns"
+  step = int(state.step)  # the step restored: each checkpoint is saved under its state's step
+  stamp = f"checkpoint {step}, committed at {mngr.metadata(step).commit_timestamp_nsecs} ns"
+  return state.params, step, stamp
 
 
 def teacher_setup(config, setup: Setup) -> Setup:
@@ -287,7 +285,7 @@ def teacher_setup(config, setup: Setup) -> Setup:
   with other.unlocked():
     other.teacher.path, other.eval.teacher_path = config.eval.teacher_path, ""
     other.teacher.dtypes.param_dtype = config.teacher.dtypes.dtype
-  return Setup(other, student_from=setup)
+  return Setup(other, student_from=setup, training=False)
 
 
 def top_instructions(instructions: list[str], rewards: np.ndarray, k: int = 5) -> list[dict]:
@@ -341,8 +339,8 @@ def table_rows(sources, config, records: Path | None = None):
 
   sources: (row name, source, teacher (graphdef or None, params), origin, setup, that setup's
   step inputs of the eval set) per row; every row answers the same questions. origin: where a
-  trained teacher's params come from (`checkpoint_stamp`), "" for a teacher that is the setup's
-  own model folder, or none.
+  trained teacher's params come from (the stamp of `trained_teacher_params`), "" for a teacher
+  that is the setup's own model folder, or none.
   records: a folder for each row's per-question JSONL (`run_source`), named by the row and a
   key of what it answers, so a rerun resumes each row and a changed setting starts afresh.
   """
@@ -404,15 +402,14 @@ def evaluate(config, workdir, setup=None) -> dict:
   to workdir/eval/{table.md, results.json, table.csv}; each row's answers to
   workdir/eval/answers/<eval set>/<row>-<key>.jsonl as they are scored (a rerun resumes them).
   """
-  setup = setup or Setup(config)
+  setup = setup or Setup(config, training=False)
   workdir = Path(workdir)
   sources = [("(a) student alone", "none", (None, None), ""),
              ("(b) human instruction", "fixed", (None, None), ""),
              ("(c) untrained teacher", "teacher", (None, setup.teacher_params), "")]
-  trained, step = trained_teacher_params(setup, workdir)
+  trained, step, stamp = trained_teacher_params(setup, workdir)
   if trained is not None:
-    sources.append((f"(d) WST teacher (step {step})", "teacher", (None, trained),
-                    checkpoint_stamp(setup, workdir, step)))
+    sources.append((f"(d) WST teacher (step {step})", "teacher", (None, trained), stamp))
   else:
     logging.warning("no checkpoint in %s: row (d) is left out", workdir)
   others = []   # (name, setup) of rows with a teacher of their own

@@ -7,8 +7,14 @@ and optim <- plan <- experiment. Nothing here imports train or eval.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import itertools
 import logging
+import sys
+import time
+import weakref
 from pathlib import Path
 
 import jax
@@ -65,18 +71,19 @@ def _with_prompt(config, prompt: dict):
 class Setup:
   """Everything a run (train or eval) builds from a config before the first step."""
 
-  def __init__(self, config, student_from: Setup | None = None):
+  def __init__(self, config, student_from: Setup | None = None, *, training: bool = True):
     """`student_from`: a setup of the same student and reward, whose student, tokenizer and
     reward this one shares instead of loading them again (eval's row (e): another teacher for
-    the same student)."""
+    the same student). `training`: False for a setup that only samples (eval): the memory check
+    leaves out the KL reference, and `training_frozen` refuses to make it."""
     validate(config)
     if student_from is not None:
       _check_same_student(config, student_from.config)
-    self.config = config
+    self.config, self.training = config, training
     self.mesh = sharding.make_mesh(config.mesh.to_dict())
     self.paths = resolve_model_paths(config)
     # A config that cannot fit is refused here, before any weights are read.
-    memory_plan = plan.check_run(config, self.mesh, self.paths)
+    memory_plan = plan.check_run(config, self.mesh, self.paths, training=training)
     if memory_plan is not None and jax.process_index() == 0:
       logging.info("%s", plan.format_plan(memory_plan))
     self.teacher_tokenizer = checkpoints.load_tokenizer(self.paths["teacher"])
@@ -121,6 +128,9 @@ class Setup:
     """self.frozen and, as "reference", the KL penalty's frozen teacher LM: a copy of the
     initial teacher's LM params, taken before the first step (the step donates the teacher's
     buffers and updates them). Only training makes it: sampling never reads it."""
+    if not self.training:
+      raise ValueError("this Setup was built with training=False, so its memory check left out "
+                       "the KL reference; build it with Setup(config) to train.")
     return {**self.frozen, "reference": jax.tree.map(jnp.copy, self.teacher_params["lm"])}
 
 
@@ -192,6 +202,81 @@ def set_aside(folder: Path) -> Path:
       return folder.rename(aside)
 
 
+ORBAX_SOURCE = str(Path(ocp.__file__).parent)
+
+
+def _raised_in_orbax(err: BaseException | None) -> bool:
+  """Whether `err` was raised (or passed through) in orbax-checkpoint's own code."""
+  tb = getattr(err, "__traceback__", None)
+  while tb is not None:
+    if tb.tb_frame.f_code.co_filename.startswith(ORBAX_SOURCE):
+      return True
+    tb = tb.tb_next
+  return False
+
+
+@contextlib.contextmanager
+def abandoned_reads_quiet():
+  """Silences the reads a failed orbax restore abandons, and nothing else.
+
+  Orbax reads every array in one event loop and closes it at the first error, with the other
+  reads still in flight: each of those then fails in tensorstore's thread ("RuntimeError: Event
+  loop is closed", printed by sys.unraisablehook), and its coroutine or task prints the read
+  error again when it is garbage-collected (sys.unraisablehook, or the "asyncio" logger's "...
+  exception was never retrieved"). These are copies that no one can catch: the error itself
+  still reaches the caller. Other unraisable exceptions and asyncio logs pass through.
+  """
+  hook, asyncio_log = sys.unraisablehook, logging.getLogger("asyncio")
+
+  def noise(err, obj=None) -> bool:
+    closed = isinstance(err, RuntimeError) and str(err) == "Event loop is closed"
+    return (closed and obj is None) or _raised_in_orbax(err)
+
+  def unraisable(u):
+    if not noise(u.exc_value, u.object):
+      hook(u)
+
+  def records(record):
+    return not (record.exc_info and noise(record.exc_info[1]))
+
+  sys.unraisablehook = unraisable
+  asyncio_log.addFilter(records)
+  try:
+    yield
+  finally:
+    sys.unraisablehook = hook
+    asyncio_log.removeFilter(records)
+
+
+def settle_abandoned_tasks(timeout_s: float = 10.0) -> None:
+  """Waits (at most timeout_s) until the tasks of closed event loops are garbage-collected.
+
+  A failed orbax restore leaves the reads of the other arrays behind as such tasks: tensorstore
+  holds each until its read ends, then they are a cycle that only the collector frees, and their
+  noise comes out when it does. Collecting them here puts that inside `abandoned_reads_quiet`."""
+  # type(), not isinstance(): isinstance reads __class__, which some lazy module proxies (torch's)
+  # answer with a deprecation warning.
+  left = [weakref.ref(t) for t in gc.get_objects()
+          if issubclass(type(t), asyncio.Task) and t.get_loop().is_closed()]
+  deadline = time.monotonic() + timeout_s
+  gc.collect()
+  while any(r() is not None for r in left) and time.monotonic() < deadline:
+    time.sleep(0.05)
+    gc.collect()
+
+
+def try_restore(mngr: ocp.CheckpointManager, step: int, abstract) -> tuple[object, str]:
+  """-> (the state of `step`, "") or (None, why it cannot be read: `gist`), with the reads that
+  orbax abandons on a failure silenced and settled."""
+  with abandoned_reads_quiet():
+    try:
+      return mngr.restore(step, args=ocp.args.StandardRestore(abstract)), ""
+    except Exception as err:  # noqa: BLE001  see restore_or_init; KeyboardInterrupt still stops
+      why = gist(err)
+    settle_abandoned_tasks()   # only now: the error's traceback held them until the except ended
+    return None, why
+
+
 def restore_or_init(mngr: ocp.CheckpointManager, state: TrainState,
                     shardings: TrainState) -> TrainState:
   """The newest checkpoint of `mngr` that can be read, restored with the shapes of `state` onto
@@ -207,10 +292,7 @@ def restore_or_init(mngr: ocp.CheckpointManager, state: TrainState,
                           state, shardings)
   unreadable = {}  # step -> why
   for step in reversed(mngr.all_steps()):
-    try:
-      restored, why = mngr.restore(step, args=ocp.args.StandardRestore(abstract)), ""
-    except Exception as err:  # noqa: BLE001  see the docstring; KeyboardInterrupt still stops
-      restored, why = None, gist(err)
+    restored, why = try_restore(mngr, step, abstract)
     if on_every_process(not why):
       break
     unreadable[step] = why or "unreadable on another process"

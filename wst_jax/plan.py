@@ -4,13 +4,13 @@ r"""Memory plan of a WST run, per device, before anything is allocated.
 
 For the config's mesh (sizes from `--devices N`, or from config.mesh when no axis is -1, so a pod
 can be planned from a laptop) it prints the bytes each device holds: the teacher (+ value head),
-its frozen reference copy, the student, the reward model (reward.kind == "reward_model"), the
-AdamW state and the gradients, the KV caches of teacher sampling and student decoding, the
-largest transient of a prompt's forward pass, and an estimate of the PPO forward/backward
-activations. Parameters and optimizer state are divided exactly as the run places them:
-`sharding.spec_for` on the logical axes of abstract models from `nnx.eval_shape` (no weights are
-read or allocated). Caches, logits and activations use the same rules for their batch / heads /
-kv_heads / mlp / vocab axes.
+its frozen reference copy (a training run only), the student, the reward model (reward.kind ==
+"reward_model"), the AdamW state and the gradients, the KV caches of teacher sampling and
+student decoding, the largest transient of a prompt's forward pass, and an estimate of the PPO
+forward/backward activations. Parameters and optimizer state are divided exactly as the run
+places them: `sharding.spec_for` on the logical axes of abstract models from `nnx.eval_shape` (no
+weights are read or allocated). Caches, logits and activations use the same rules for their
+batch / heads / kv_heads / mlp / vocab axes.
 
 Model shapes come from config.json in the model folders, or, when a checkpoint is not on this
 machine (paper scale), from `config.plan.teacher` / `.student` / `.reward_model`: dicts of the HF
@@ -216,7 +216,7 @@ def ppo_activation_bytes(cfg: DecoderConfig, rows: int, prompt_len: int, new_len
   q and the attention output (+ q's f32 RoPE copy); k, v and the K/V buffers (+ k's RoPE copy);
   the attention scores (f32) and probabilities over all T positions; the MLP's hidden
   activations. After the last layer, over the new tokens only (the LM head runs there alone,
-  `step.instruction_span`): f32 logits and their gradient, the scaled logits, log-softmax and
+  `step.instruction_hidden`): f32 logits and their gradient, the scaled logits, log-softmax and
   softmax. Each term is split like the params it comes from
   (heads / kv_heads / mlp / vocab), and rows over the batch axes. -> (total, per device) bytes.
   """
@@ -255,11 +255,14 @@ def plan_devices(config, devices: int | None) -> int:
 
 
 def make_plan(config, devices: int | None = None, device_memory_gib: float | None = None, *,
-              memory_source: str = "--device-memory-gib", paths: dict | None = None) -> Plan:
+              memory_source: str = "--device-memory-gib", paths: dict | None = None,
+              training: bool = True) -> Plan:
   """Builds the per-device memory plan (no arrays allocated, no weights read).
 
   device_memory_gib None: config.plan.device_memory_gib, else DEFAULT_DEVICE_MEMORY_GIB;
   memory_source names where a given value came from. paths: as in `model_config`.
+  training: whether the run trains; only then is the KL reference counted
+  (`experiment.Setup.training_frozen` makes it for training alone: sampling never reads it).
   """
   validate(config)
   sizes = sharding.mesh_sizes(config.mesh.to_dict(), plan_devices(config, devices))
@@ -281,9 +284,10 @@ def make_plan(config, devices: int | None = None, device_memory_gib: float | Non
   teacher_bytes = tree_bytes(teacher, mesh)
   add("teacher params (+ value head)", "resident", teacher_bytes,
       f"{human_count(count(teacher))} x {teacher_cfg.param_dtype}", fix_params(config, "teacher"))
-  add("reference teacher params", "resident",
-      tree_bytes(abstract_params(Decoder, teacher_cfg), mesh), "frozen copy of the initial LM",
-      fix_params(config, "teacher"))
+  if training:
+    add("reference teacher params", "resident",
+        tree_bytes(abstract_params(Decoder, teacher_cfg), mesh), "frozen copy of the initial LM",
+        fix_params(config, "teacher"))
   student = abstract_params(Decoder, student_cfg)
   add("student params", "resident", tree_bytes(student, mesh),
       f"{human_count(count(student))} x {student_cfg.param_dtype}", fix_params(config, "student"))
@@ -304,11 +308,11 @@ def make_plan(config, devices: int | None = None, device_memory_gib: float | Non
   teacher_len = data.teacher_prompt_len + rollout.instruction_len
   shared_vocab = teacher_cfg.vocab_size == student_cfg.vocab_size
   instruction = rollout.instruction_len if shared_vocab else data.retokenized_instruction_len
-  # Upper bound without the tokenizer: a byte-level BPE token covers at least one byte.
-  prefix = len(config.prompt.student_prefix.encode())
-  student_prompt = prefix + instruction + data.student_suffix_len
+  sep = len(config.prompt.instruction_sep.encode())  # a byte-level BPE token is >= 1 byte
+  student_prompt = data.student_prefix_len + sep + instruction + data.student_suffix_len
   lengths = ("config.data.teacher_prompt_len, config.rollout.instruction_len",
-             "config.data.student_suffix_len, config.rollout.answer_len"
+             "config.data.student_prefix_len, config.data.student_suffix_len, "
+             "config.rollout.answer_len"
              + ("" if shared_vocab else ", config.data.retokenized_instruction_len"))
   add("KV cache: teacher sampling", "sampling",
       kv_cache_bytes(teacher_cfg, rows, teacher_len, mesh),
@@ -334,7 +338,7 @@ def make_plan(config, devices: int | None = None, device_memory_gib: float | Non
         f"{rows} rows x {rm_len} tokens", FIX_ROWS.format(
             lengths="config.data.rm_prompt_len, config.rollout.answer_len"))
   # Old policy and reference over the whole batch; the LM head runs over the instruction tokens
-  # only (`step.instruction_span`): f32 logits plus 3 copies (scaled, log-softmax, softmax) each.
+  # only (`step.instruction_hidden`): f32 logits plus 3 copies (scaled, log-softmax, softmax) each.
   score = [2 * b for b in logits_bytes(teacher_cfg, rows, rollout.instruction_len, mesh,
                                        copies=4)]
   add("scoring logits: policy + reference", "scoring", score,
@@ -377,22 +381,22 @@ def device_memory_gib(devices) -> float | None:
   return min(limits) / GIB if limits and all(limits) else None
 
 
-def check_run(config, mesh, paths: dict) -> Plan | None:
+def check_run(config, mesh, paths: dict, *, training: bool) -> Plan | None:
   """Refuses (PlanError) a run whose plan does not fit, before any weights are read.
 
   mesh: the run's jax.sharding.Mesh; paths: its resolved model folders by role (their
-  config.json wins over config.plan). The memory is this process's devices' own limit where the
-  backend reports one, else config.plan.device_memory_gib; with neither (CPU, no plan block)
-  there is nothing to check against and this returns None.
+  config.json wins over config.plan); training: as in `make_plan`. The memory is this process's
+  devices' own limit where the backend reports one, else config.plan.device_memory_gib; with
+  neither (CPU, no plan block) there is nothing to check against and this returns None.
   """
   local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
   memory = device_memory_gib(local)
   if memory is None and not config.get("plan"):
     return None
   if memory is None:
-    plan = make_plan(config, mesh.size, paths=paths)
+    plan = make_plan(config, mesh.size, paths=paths, training=training)
   else:
-    plan = make_plan(config, mesh.size, memory, paths=paths, memory_source=(
+    plan = make_plan(config, mesh.size, memory, paths=paths, training=training, memory_source=(
         f"the {local[0].platform.upper()} devices' memory_stats()['bytes_limit']; on GPU raise "
         "XLA_PYTHON_CLIENT_MEM_FRACTION"))
   check_fits(plan)

@@ -156,8 +156,11 @@ def adaptive_kl_coef(kl_coef, observed_kl, *, target, horizon, batch_size):
 
 def ppo_update(params, opt_state, rollout, rng, *, policy_fn: Callable,
                tx: optax.GradientTransformation, num_epochs: int, num_minibatches: int,
-               clip_eps, vf_clip, vf_coef, ent_coef, use_value: bool):
+               clip_eps, vf_clip, vf_coef, ent_coef, use_value: bool, group_size: int = 1):
   """PPO epochs over shuffled minibatches of a rollout; jittable (policy_fn, tx static).
+
+  The rows come in groups of `group_size` consecutive rows (the instructions for one question)
+  and a minibatch holds whole groups, in order: policy_fn may compute what a group shares once.
 
   Args:
     params: any pytree of trainable arrays (e.g. an nnx.State); opt_state: tx's state for it.
@@ -174,9 +177,10 @@ def ppo_update(params, opt_state, rollout, rng, *, policy_fn: Callable,
     num_epochs * num_minibatches updates.
   """
   batch_size = rollout["mask"].shape[0]
-  if num_minibatches < 1 or batch_size % num_minibatches:
-    raise ValueError(f"batch size {batch_size} does not divide by num_minibatches="
-                     f"{num_minibatches}")
+  groups = batch_size // group_size
+  if num_minibatches < 1 or batch_size % group_size or groups % num_minibatches:
+    raise ValueError(f"{batch_size} rows in groups of {group_size} do not divide into "
+                     f"num_minibatches={num_minibatches} minibatches of whole groups")
   minibatch_size = batch_size // num_minibatches
 
   def loss_fn(params, mb):
@@ -202,8 +206,10 @@ def ppo_update(params, opt_state, rollout, rng, *, policy_fn: Callable,
     return (params, opt_state), {**metrics, "grad_norm": optax.tree.norm(grads)}
 
   def update_epoch(carry, key):
-    perm = jax.random.permutation(key, batch_size)
-    # [B, ...] -> [num_minibatches, b, ...], a fresh shuffle of all rows each epoch.
+    # A fresh shuffle of the groups each epoch, their rows kept together and in order.
+    perm = (jax.random.permutation(key, groups)[:, None] * group_size
+            + jnp.arange(group_size)).reshape(-1)
+    # [B, ...] -> [num_minibatches, b, ...]
     minibatches = jax.tree.map(
         lambda x: x[perm].reshape(num_minibatches, minibatch_size, *x.shape[1:]), rollout)
     return jax.lax.scan(update_minibatch, carry, minibatches)

@@ -1,51 +1,62 @@
 r"""Is there a signal for a teacher to find? The student answers held-out questions alone and with
 hand-written instructions, with the instruction in each placement, before any training.
 
-    python -m wst_jax.probe --config configs/real_gsm8k_cpu.py:dev --out results/real_gsm8k
+    python -m wst_jax.probe --config configs/real_gsm8k_v2_cpu.py:dev --out results/real_gsm8k_v2
 
-Rows (each on the config's eval split, which for a `:dev` config is held out of the *train*
-questions): the student alone with an empty system turn; alone with its chat template's default
-system prompt (no system turn at all); each of config.probe.instructions as the system turn
-(prompt.chat="system") and at the start of the user turn, a blank line before the question
-(prompt.chat="user"; config.probe.user_turn_instructions, when set, are the ones tried there);
-then the untrained teacher's sampled instructions, placed as the config places them, with each of
-config.probe.meta_prompts as its prompt (what training starts from; its samples go to
-OUT/<row>.md).
-For each: accuracy (or reward-model score) with its 95% bootstrap interval, the mean answer length
-and how many answers hit the budget (rollout.answer_len). Every row's answers go to
-OUT/probe/<row>-<key>.jsonl as they are scored (a rerun resumes), the table to OUT/signal.md and
-OUT/signal.json, rewritten after each row.
+Rows (`probe_rows`, each on the config's eval split, which for a `:dev` config is held out of the
+*train* questions): the student alone; each hand-written instruction of config.probe.instructions
+in its placement; then the untrained teacher's sampled instructions, placed as the config places
+them, under each of config.probe.meta_prompts and config.probe.temperatures (what training starts
+from; its first 50 samples go to OUT/<row>.md, for counting how many are instructions at all).
+For each: accuracy (or reward-model score) with its 95% bootstrap interval, paired with the first
+row (the student alone), the mean answer length and how many answers hit the budget
+(rollout.answer_len) and half of it. Then the headroom (`headroom`): what a per-question oracle
+over the instructions gains and loses against the student alone; and the go-or-stop check
+(`split_choice`): the best source chosen on the first half of the questions, its paired
+difference on the second half. Every row's answers go to OUT/probe/<row>-<key>.jsonl as they are
+scored (a rerun resumes), the tables to OUT/signal.md and OUT/signal.json, rewritten after each
+row.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from wst_jax import errors
+from wst_jax.data.batches import PLACEMENTS
 from wst_jax.eval import (bootstrap_interval, content_key, paired_comparison, run_source,
                           slug)
 from wst_jax.experiment import Setup
 
-PLACEMENTS = {"system": "system turn", "user": "user turn, before the question"}
+WHERE = {"system": "system turn", "user_before": "user turn, before the question",
+         "user_after": "user turn, after the question"}
 
 
-def probe_rows(config) -> list[tuple[str, dict, str, str | None]]:
-  """-> (row name, config.prompt fields, source, instruction) per row."""
-  bare = dict(student_prefix="", student_suffix="{question}")   # the hand-written rows' prompt
-  rows = [("alone, empty system turn", dict(bare, chat="system"), "none", None),
-          ("alone, default system prompt", dict(bare, chat="user"), "none", None)]
-  tried = {"system": config.probe.instructions,
-           "user": config.probe.get("user_turn_instructions", config.probe.instructions)}
-  for chat, where in PLACEMENTS.items():
-    # In the user turn a blank line parts the instruction from the question that follows it.
-    sep = "\n\n" if chat == "user" else ""
-    rows += [(f"{where}: {text}", dict(bare, chat=chat), "fixed", text + sep)
-             for text in tried[chat]]
-  where = PLACEMENTS.get(config.prompt.chat, "placed as configured")
-  rows += [(f"untrained teacher, meta-prompt {i + 1} ({where})", dict(teacher_template=meta),
-            "teacher", None) for i, meta in enumerate(config.probe.get("meta_prompts", ()))]
+class ProbeRow(NamedTuple):
+  name: str
+  prompt: dict              # config.prompt fields of the row
+  source: str               # "none" | "fixed" | "teacher" (`eval.run_source`)
+  instruction: str | None   # the text of a "fixed" row
+  temperature: float | None = None  # a teacher row's sampling temperature (None: the config's)
+
+
+def probe_rows(config) -> list[ProbeRow]:
+  """The rows: the student alone in the config's placement (the row every other is paired
+  with), each of config.probe.instructions[placement] in that placement (`batches.PLACEMENTS`),
+  then the untrained teacher under each of config.probe.meta_prompts at each of
+  config.probe.temperatures (default: rollout.temperature), placed as the config places them."""
+  chat = config.prompt.chat
+  rows = [ProbeRow(f"alone ({WHERE[chat]}, no instruction)", PLACEMENTS[chat], "none", None)]
+  for where, texts in config.probe.instructions.items():
+    rows += [ProbeRow(f"{WHERE[where]}: {text}", PLACEMENTS[where], "fixed", text)
+             for text in texts]
+  temperatures = config.probe.get("temperatures", [config.rollout.temperature])
+  for i, meta in enumerate(config.probe.get("meta_prompts", ())):
+    rows += [ProbeRow(f"untrained teacher, meta-prompt {i + 1}, T={t:g} ({WHERE[chat]})",
+                      dict(teacher_template=meta), "teacher", None, t) for t in temperatures]
   return rows
 
 
@@ -60,7 +71,7 @@ def record_key(setup, arrays, name: str, source: str) -> str:
   return content_key(setup, arrays, name, json.dumps([rollout, prompt], sort_keys=True))
 
 
-def teacher_samples(name: str, config, result, limit: int = 20) -> str:
+def teacher_samples(name: str, config, result, limit: int = 50) -> str:
   """A teacher row's first `limit` instructions with the student's reward, as Markdown."""
   lines = [f"# {name}", "", "Meta-prompt (the teacher's user turn):", "",
            "> " + config.prompt.teacher_template.replace("\n", "\n> "), "",
@@ -73,15 +84,71 @@ def teacher_samples(name: str, config, result, limit: int = 20) -> str:
 def markdown(rows: list[dict], metric: str, budget: int) -> str:
   """The probe's table; "vs. alone" is each row paired with the first on the same questions:
   the difference with its paired bootstrap 95% interval and McNemar's p (0/1 rewards)."""
-  lines = [f"| row | n | {metric} | 95% CI | vs. alone (empty system turn), paired | mean answer "
-           f"tokens | answers at the {budget}-token budget |", "|---|---:|---:|---|---|---:|---:|"]
+  lines = [f"| row | n | {metric} | 95% CI | vs. {rows[0]['row']}, paired | mean answer "
+           f"tokens | answers at the {budget}-token budget | at {budget // 2} |",
+           "|---|---:|---:|---|---|---:|---:|---:|"]
   for r in rows:
     p = r["vs_alone"]
     vs = f"{p['diff']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]" + (
         f", p = {p['mcnemar_p']:.2g}" if "mcnemar_p" in p else "")
     lines.append(f"| {r['row']} | {r['n']} | {r['mean']:.3f} | [{r['ci_low']:.3f}, "
-                 f"{r['ci_high']:.3f}] | {vs} | {r['answer_tokens']:.1f} | {r['hit_budget']} |")
+                 f"{r['ci_high']:.3f}] | {vs} | {r['answer_tokens']:.1f} | {r['hit_budget']} | "
+                 f"{r['hit_half_budget']} |")
   return "\n".join(lines)
+
+
+def headroom(rewards: dict[str, np.ndarray], alone: str, names: list[str]) -> dict:
+  """A per-question oracle over the rows `names` (0/1 rewards) against the row `alone`: the
+  questions some row gets right that alone gets wrong (what a teacher that picks the right
+  instruction per question can gain), those alone gets right and some row wrong, and those
+  alone gets right and every row wrong (what no choice of these instructions can lose)."""
+  base = rewards[alone]
+  rows = np.stack([rewards[n] for n in names])
+  some_right, all_right = rows.max(0) == 1, rows.min(0) == 1
+  return dict(rows=len(names), questions=len(base), alone=float(base.mean()),
+              some_right_alone_wrong=int(np.sum(some_right & (base == 0))),
+              alone_right_some_wrong=int(np.sum(~all_right & (base == 1))),
+              alone_right_all_wrong=int(np.sum((rows.max(0) == 0) & (base == 1))),
+              oracle=float(np.mean(some_right | (base == 1))))
+
+
+def split_choice(rewards: dict[str, np.ndarray], alone: str, names: list[str], samples: int,
+                 seed: int) -> dict:
+  """The go-or-stop check: the row of `names` most above `alone` on the first half of the
+  questions (chosen there), and its paired comparison with alone on the second half (where it
+  was not chosen). -> {chosen, first_half_diff, second_half (paired_comparison)}."""
+  half = len(rewards[alone]) // 2
+  first = {n: float(np.mean(rewards[n][:half] - rewards[alone][:half])) for n in names}
+  chosen = max(first, key=first.get)
+  return dict(chosen=chosen, first_half_diff=first[chosen], first_half=half,
+              second_half=paired_comparison(rewards[chosen][half:], rewards[alone][half:],
+                                            samples, seed))
+
+
+def analysis_markdown(rows: list[dict], rewards: dict, config) -> str:
+  """Headroom and the go-or-stop check of the rows so far, as Markdown."""
+  alone = rows[0]["row"]
+  written = [r["row"] for r in rows if r["source"] == "fixed"]
+  sources = [r["row"] for r in rows if r["source"] != "none"]
+  out = []
+  for title, names in (("hand-written instructions", written), ("every instruction source",
+                                                                sources)):
+    if names:
+      h = headroom(rewards, alone, names)
+      out.append(f"- Oracle over the {h['rows']} {title}: {h['oracle']:.3f} (alone "
+                 f"{h['alone']:.3f}); right with some row and wrong alone on "
+                 f"{h['some_right_alone_wrong']} of {h['questions']} questions; right alone and "
+                 f"wrong with some row on {h['alone_right_some_wrong']}, with every row on "
+                 f"{h['alone_right_all_wrong']}.")
+  if sources:
+    c = split_choice(rewards, alone, sources, config.eval.bootstrap_samples, config.seed)
+    p = c["second_half"]
+    out.append(f"- Chosen on the first {c['first_half']} questions: {c['chosen']!r} "
+               f"({c['first_half_diff']:+.3f} vs. alone there). On the other "
+               f"{len(rewards[alone]) - c['first_half']}: {p['diff']:+.3f} "
+               f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
+               + (f", McNemar p = {p['mcnemar_p']:.2g}" if "mcnemar_p" in p else "") + ".")
+  return "\n".join(out)
 
 
 def probe(config, out: Path) -> list[dict]:
@@ -95,15 +162,17 @@ def probe(config, out: Path) -> list[dict]:
   metric = "accuracy" if config.reward.kind == "verifier" else "reward-model score"
   budget = config.rollout.answer_len
   # held: (prompt, setup, step inputs) of the current rows; one setup's models at a time.
-  held, table, alone = None, [], None
-  for name, prompt, source, text in probe_rows(config):
+  held, table, rewards = None, [], {}
+  for name, prompt, source, text, temperature in probe_rows(config):
     placed = config.copy_and_resolve_references()
     with placed.unlocked():
       placed.prompt.update(prompt)
-    wanted = json.dumps(placed.prompt.to_dict(), sort_keys=True)
+      if temperature is not None:
+        placed.rollout.temperature = temperature
+    wanted = json.dumps([placed.prompt.to_dict(), placed.rollout.to_dict()], sort_keys=True)
     if held is None or held[0] != wanted:   # rows of one prompt come together
       held = setup = None   # let the previous setup's models go before loading the next
-      setup = Setup(placed)
+      setup = Setup(placed, training=False)
       held = wanted, setup, setup.encode(setup.task.eval)
     _, setup, arrays = held
     key = record_key(setup, arrays, name, source)
@@ -111,20 +180,24 @@ def probe(config, out: Path) -> list[dict]:
                         seed=config.seed, record=records / f"{slug(name)[:60]}-{key}.jsonl",
                         instruction=text)
     lo, hi = bootstrap_interval(result.rewards, config.eval.bootstrap_samples, config.seed)
-    alone = result.rewards if alone is None else alone
+    rewards[name] = result.rewards
+    alone = rewards[table[0]["row"]] if table else result.rewards
     if source == "teacher":
       (out / f"{slug(name)}.md").write_text(teacher_samples(name, placed, result))
-    table.append(dict(row=name, placement=placed.prompt.chat, instruction=text,
+    table.append(dict(row=name, source=source, placement=placed.prompt.chat,
+                      instruction=text, temperature=placed.rollout.temperature,
                       n=len(result.rewards),
                       mean=float(result.rewards.mean()), ci_low=lo, ci_high=hi,
                       answer_tokens=float(result.answer_tokens.mean()),
                       hit_budget=int(np.sum(result.answer_tokens >= budget)),
+                      hit_half_budget=int(np.sum(result.answer_tokens >= budget // 2)),
                       vs_alone=paired_comparison(result.rewards, alone,
                                                  config.eval.bootstrap_samples, config.seed)))
-    (out / "signal.md").write_text(markdown(table, metric, budget) + "\n")
+    analysis = analysis_markdown(table, rewards, config)
+    (out / "signal.md").write_text(markdown(table, metric, budget) + "\n\n" + analysis + "\n")
     (out / "signal.json").write_text(json.dumps(
         dict(metric=metric, answer_len=budget, eval_size=len(result.rewards),
-             student=config.student.path, rows=table), indent=2) + "\n")
+             student=config.student.path, rows=table, analysis=analysis), indent=2) + "\n")
     print(markdown(table[-1:], metric, budget).splitlines()[-1], flush=True)
   return table
 

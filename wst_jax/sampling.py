@@ -25,6 +25,66 @@ class Generation(NamedTuple):
   logprobs: jax.Array  # f32[B, N]   log p(token) under softmax(logits / temperature)
   mask: jax.Array      # bool[B, N]  True for real generated tokens (the stop token included)
   done: jax.Array      # bool[B]     the row produced a stop token within N tokens
+  # int32[]: decode steps run, summed over rows (a static batch: rows x its longest answer);
+  # None where it is not counted (`generate_queued`'s answers, rebuilt records).
+  row_steps: jax.Array | None = None
+
+
+class Prefilled(NamedTuple):
+  """A prompt run through the model into a KV cache, ready to decode (`prefill`): R rows."""
+  cache: list          # LayerCache per layer: [R, Hkv, S, Dh], S = P0 + P1 + extra slots
+  kv_mask: jax.Array   # bool[R, S]  real tokens of the cache (none yet in the extra slots)
+  position: jax.Array  # int32[R]    position of each row's next token (its real tokens so far)
+  hidden: jax.Array    # [R, 1 + P1, D] final hidden states: the shared prompt's last, then the
+                       # rest's at each of its P1 slots
+
+
+def prefill(model: Decoder, prompt, prompt_mask, *, repeats: int = 1, rest=None, rest_mask=None,
+            extra_slots: int = 0) -> Prefilled:
+  """Runs a prompt shared by groups of rows once, then what follows it in each row.
+
+  prompt int32[G, P0], prompt_mask bool[G, P0]: left-padded, one per group; each group's rows
+  are `repeats` consecutive rows of the result (R = G x repeats), which copy its KV cache.
+  rest int32[R, P1], rest_mask (optional): each row's own continuation at cache slots
+  [P0, P0 + P1), padded on either side (padding may sit between the two parts; positions count
+  real tokens only, so attention and RoPE see each row's real tokens in order, as one prompt).
+  extra_slots: empty cache slots after them, for the tokens to decode.
+
+  The shared prompt costs G rows of prefill, not R: the k instructions of a question share its
+  prompt (the teacher's meta-prompt; the student's question when it precedes the instruction).
+  A sliding-window layer counts slots, padding included, so for such a model a row's window
+  would hold fewer real tokens than in one left-padded prompt: refused when it matters.
+  """
+  cfg = model.cfg
+  p0, p1 = prompt.shape[1], 0 if rest is None else rest.shape[1]
+  if cfg.sliding_window and rest is not None and p0 + p1 + extra_slots > cfg.sliding_window:
+    raise ValueError(f"a prompt in two parts ({p0} + {p1} slots, {extra_slots} to decode) is "
+                     f"longer than the sliding window ({cfg.sliding_window}) of "
+                     f"{cfg.model_type}: its padding would shorten the window.")
+  repeat = lambda x: jnp.repeat(x, repeats, axis=0)
+  _, hidden, cache = model(prompt, positions_from_mask(prompt_mask), prompt_mask)
+  pad = ((0, 0), (0, 0), (0, p1 + extra_slots), (0, 0))
+  cache = [LayerCache(repeat(jnp.pad(c.k, pad)), repeat(jnp.pad(c.v, pad))) for c in cache]
+  position = repeat(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32))
+  kv_mask, hidden = repeat(prompt_mask), repeat(hidden[:, -1:])
+  if p1:
+    kv_mask = jnp.concatenate([kv_mask, rest_mask], axis=1)
+    rest_positions = position[:, None] + jnp.maximum(jnp.cumsum(rest_mask, axis=1) - 1, 0)
+    _, rest_hidden, cache = model(rest, rest_positions, jnp.pad(kv_mask, ((0, 0), (0, extra_slots))),
+                                  cache, p0)
+    hidden = jnp.concatenate([hidden, rest_hidden], axis=1)
+    position = position + jnp.sum(rest_mask, axis=1, dtype=jnp.int32)
+  return Prefilled(cache, jnp.pad(kv_mask, ((0, 0), (0, extra_slots))), position, hidden)
+
+
+def shrink_widths(rows: int) -> list[int]:
+  """The row counts a shrinking greedy decode moves to (`generate`): a quarter each time, down
+  to 2 rows (XLA's CPU backend has no bf16 dot for a single row's attention): 32 -> [8, 2]."""
+  widths = []
+  while rows // 4 >= 2:
+    rows //= 4
+    widths.append(rows)
+  return widths
 
 
 # Top-p looks for its cutoff among the TOP_P_CANDIDATES largest logits first (one top-k, not a
@@ -63,27 +123,35 @@ def process_logits(logits, *, temperature: float, top_k: int, top_p: float,
 
 def generate(model: Decoder, prompt, prompt_mask, rng, *, max_new_tokens: int,
              eos_ids: tuple[int, ...], pad_id: int, greedy: bool = True,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Generation:
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repeats: int = 1,
+             rest=None, rest_mask=None, shrink: bool = False) -> Generation:
   """Decodes up to `max_new_tokens` after each left-padded prompt.
 
   Args:
-    prompt: int32[B, P] left-padded ids; prompt_mask: bool[B, P] True on real tokens.
+    prompt: int32[G, P] left-padded ids; prompt_mask: bool[G, P] True on real tokens.
+    repeats, rest, rest_mask: a prompt shared by `repeats` consecutive rows, each with its own
+      continuation `rest` int32[G x repeats, P1] (see `prefill`); the output has G x repeats
+      rows. By default each row is its own prompt.
     rng: PRNG key (unused when greedy).
     eos_ids: ids that end a row (the stop token is kept, with mask True).
+    shrink: (greedy only) when at most a quarter of the rows are still decoding, go on with
+      those rows alone (`shrink_widths`: 32 -> 8 -> 2 rows), each width its own
+      `lax.while_loop`: the decode costs about the sum of the answer lengths over the rows, not
+      the longest answer times all rows. The tokens are those of the static batch (tested).
   """
-  b, p = prompt.shape
-  total = p + max_new_tokens
-  kv_mask = jnp.zeros((b, total), bool).at[:, :p].set(prompt_mask)
-  positions = positions_from_mask(prompt_mask)
-  # The prompt sees only itself: prefill into a cache of its own length (no attention over the
-  # empty slots, about half the prefill's attention work), then pad the cache for the new tokens.
-  # Only the last position's logits are needed: the LM head over the whole prompt (its largest
-  # matmul) is left to XLA's dead-code elimination.
-  _, hidden, cache = model(prompt, positions, prompt_mask)
-  pad = ((0, 0), (0, 0), (0, max_new_tokens), (0, 0))
-  cache = [LayerCache(jnp.pad(c.k, pad), jnp.pad(c.v, pad)) for c in cache]
-  last_logits = model.logits(hidden[:, -1])
+  p = prompt.shape[1] + (0 if rest is None else rest.shape[1])
+  state = prefill(model, prompt, prompt_mask, repeats=repeats, rest=rest, rest_mask=rest_mask,
+                  extra_slots=max_new_tokens)
+  # The last real token's hidden state: the continuation's last slot, or the shared prompt's
+  # when a row's continuation is empty. Only these positions go through the LM head.
+  last = state.hidden[:, -1]
+  if rest is not None:
+    last = jnp.where(jnp.any(rest_mask, axis=1)[:, None], last, state.hidden[:, 0])
+  b = last.shape[0]
   eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+  if shrink and not greedy:
+    raise ValueError("shrink=True is for greedy decoding: sampling fewer rows would draw "
+                     "other random numbers.")
 
   def pick(logits, key):
     """-> next token int32[B] and its log-prob under softmax(logits / temperature)."""
@@ -106,6 +174,7 @@ def generate(model: Decoder, prompt, prompt_mask, rng, *, max_new_tokens: int,
     logprobs: jax.Array
     mask: jax.Array
     rng: jax.Array
+    row_steps: jax.Array
 
   def body(c: Carry) -> Carry:
     rng, key = jax.random.split(c.rng)
@@ -119,17 +188,37 @@ def generate(model: Decoder, prompt, prompt_mask, rng, *, max_new_tokens: int,
     kv_mask = c.kv_mask.at[:, p + c.i].set(live)
     logits, _, cache = model(token[:, None], c.position[:, None], kv_mask, c.cache, p + c.i)
     return Carry(c.i + 1, logits[:, -1], cache, kv_mask, c.position + 1, done, tokens,
-                 logprobs, mask, rng)
+                 logprobs, mask, rng, c.row_steps + c.done.shape[0])
 
-  def cond(c: Carry):
-    return (c.i < max_new_tokens) & ~jnp.all(c.done)
+  def run_until(c: Carry, live_rows: int) -> Carry:
+    """Decode steps until at most `live_rows` rows are live (or the budget is spent)."""
+    cond = lambda c: (c.i < max_new_tokens) & (jnp.sum(~c.done) > live_rows)
+    return jax.lax.while_loop(cond, body, c)
 
-  init = Carry(jnp.int32(0), last_logits, cache, kv_mask, positions[:, -1] + 1,
-               jnp.zeros((b,), bool), jnp.full((b, max_new_tokens), pad_id, jnp.int32),
-               jnp.zeros((b, max_new_tokens), jnp.float32),
-               jnp.zeros((b, max_new_tokens), bool), rng)
-  out = jax.lax.while_loop(cond, body, init)
-  return Generation(out.tokens, out.logprobs, out.mask, out.done)
+  carry = Carry(jnp.int32(0), model.logits(last), state.cache, state.kv_mask, state.position,
+                jnp.zeros((b,), bool), jnp.full((b, max_new_tokens), pad_id, jnp.int32),
+                jnp.zeros((b, max_new_tokens), jnp.float32),
+                jnp.zeros((b, max_new_tokens), bool), rng, jnp.int32(0))
+  out = Generation(carry.tokens, carry.logprobs, carry.mask, carry.done)
+  rows = jnp.arange(b)  # the output row of each row of the carry
+  for width in (shrink_widths(b) if shrink else []):
+    carry = run_until(carry, width)
+    # Every row's answer so far (the live rows' are completed below), then the live rows
+    # alone: a stable sort on `done` puts them first.
+    out = Generation(*(x.at[rows].set(y) for x, y in zip(
+        out, (carry.tokens, carry.logprobs, carry.mask, carry.done))))
+    keep = jnp.argsort(carry.done, stable=True)[:width]
+    take = lambda x: jnp.take(x, keep, axis=0)
+    carry = carry._replace(
+        last_logits=take(carry.last_logits), kv_mask=take(carry.kv_mask),
+        position=take(carry.position), done=take(carry.done), tokens=take(carry.tokens),
+        logprobs=take(carry.logprobs), mask=take(carry.mask),
+        cache=[LayerCache(take(c.k), take(c.v)) for c in carry.cache])
+    rows = rows[keep]
+  carry = run_until(carry, 0)
+  out = Generation(*(x.at[rows].set(y) for x, y in zip(
+      out, (carry.tokens, carry.logprobs, carry.mask, carry.done))))
+  return out._replace(row_steps=carry.row_steps)
 
 
 class Slots(NamedTuple):

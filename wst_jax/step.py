@@ -17,10 +17,9 @@ from flax import nnx
 
 from wst_jax import ppo
 from wst_jax.data.batches import segment_ids
-from wst_jax.models import positions_from_mask
 from wst_jax.prompting import (concat_left_padded, constant_segment, host_retokenizer,
                                strip_stop)
-from wst_jax.sampling import Generation, generate
+from wst_jax.sampling import Generation, generate, prefill
 
 
 class TrainState(NamedTuple):
@@ -43,7 +42,10 @@ class Rollout:
   student_eos: tuple[int, ...]  # ids that end an answer
   teacher_pad: int
   student_pad: int
-  student_prefix: tuple[int, ...]  # student ids of config.prompt.student_prefix
+  # Student ids of config.prompt.instruction_sep, between a non-empty instruction and the
+  # question: before the instruction when the question precedes it (in student_prefix).
+  instruction_sep: tuple[int, ...]
+  sep_before_instruction: bool
   # None when teacher and student share a vocabulary (the hand-off stays in-graph), else
   # prompting.host_retokenizer: teacher ids -> text -> student ids on the host.
   retokenize: Callable | None = None
@@ -57,7 +59,9 @@ class Rollout:
                student_eos=(student_tokenizer.eos_token_id,),
                teacher_pad=teacher_tokenizer.pad_token_id,
                student_pad=student_tokenizer.pad_token_id,
-               student_prefix=tuple(segment_ids(student_tokenizer, config.prompt.student_prefix)),
+               instruction_sep=tuple(segment_ids(student_tokenizer,
+                                                 config.prompt.instruction_sep)),
+               sep_before_instruction="{question}" in config.prompt.student_prefix,
                retokenize=retokenize)
 
 
@@ -68,12 +72,13 @@ class Roles(NamedTuple):
   student: nnx.GraphDef    # Decoder: frozen, answers greedily
 
 
-def write_instructions(teacher_lm, batch, rng, rollout) -> Generation:
-  """The teacher samples an instruction after its meta-prompt. -> Generation [B, N_instr]."""
+def write_instructions(teacher_lm, batch, rng, rollout, repeats: int = 1) -> Generation:
+  """The teacher samples `repeats` instructions after each question's meta-prompt, the prompt
+  run once per question. -> Generation [B x repeats, N_instr], a question's rows consecutive."""
   return generate(teacher_lm, batch["teacher_prompt"], batch["teacher_prompt_mask"], rng,
                   max_new_tokens=rollout.instruction_len, eos_ids=rollout.teacher_eos,
                   pad_id=rollout.teacher_pad, greedy=False, temperature=rollout.temperature,
-                  top_k=rollout.top_k, top_p=rollout.top_p)
+                  top_k=rollout.top_k, top_p=rollout.top_p, repeats=repeats)
 
 
 def hand_over(ids, mask, rollout):
@@ -85,41 +90,66 @@ def hand_over(ids, mask, rollout):
   return rollout.retokenize(ids, mask)
 
 
-def student_prompts(batch, instruction_ids, instruction_mask, rollout):
-  """[prefix][instruction][question suffix], left-padded: -> ids int32[B, Ls], mask bool[B, Ls].
+def after_prefix(batch, instruction_ids, instruction_mask, rollout, repeats: int = 1):
+  """The student prompt after its prefix, left-padded: [instruction][suffix], with
+  rollout.instruction_sep between a non-empty instruction and the question (on the side of the
+  prefix or of the suffix, whichever holds it). -> ids int32[R, I'], mask bool[R, I'].
 
-  instruction_ids/_mask: the instruction in student ids (`hand_over`).
+  batch: student_suffix/_mask [G, Lq] (`encode_examples`), each question's row used by
+  `repeats` consecutive rows; instruction_ids/_mask [R = G x repeats, I]: the instruction in
+  student ids (`hand_over`).
   """
-  b = instruction_ids.shape[0]
-  return concat_left_padded(constant_segment(rollout.student_prefix, b),
-                            (instruction_ids, instruction_mask),
-                            (batch["student_suffix"], batch["student_suffix_mask"]))
+  r = instruction_ids.shape[0]
+  sep_ids, sep_mask = constant_segment(rollout.instruction_sep, r)
+  sep = (sep_ids, sep_mask & jnp.any(instruction_mask, axis=1, keepdims=True))
+  instruction = (instruction_ids, instruction_mask)
+  middle = (sep, instruction) if rollout.sep_before_instruction else (instruction, sep)
+  suffix = tuple(jnp.repeat(batch[f], repeats, axis=0)
+                 for f in ("student_suffix", "student_suffix_mask"))
+  return concat_left_padded(*middle, suffix)
 
 
-def answer_questions(student, batch, instruction_ids, instruction_mask, rollout) -> Generation:
-  """The student answers greedily, prompted with `student_prompts` (instruction in student
-  ids)."""
-  prompt, mask = student_prompts(batch, instruction_ids, instruction_mask, rollout)
-  return generate(student, prompt, mask, jax.random.key(0), max_new_tokens=rollout.answer_len,
-                  eos_ids=rollout.student_eos, pad_id=rollout.student_pad, greedy=True)
+def student_prompts(batch, instruction_ids, instruction_mask, rollout):
+  """[prefix][instruction][suffix] as one left-padded prompt per row (`after_prefix`): -> ids
+  int32[B, Ls], mask bool[B, Ls]. batch: student_prefix/_mask [B, Lp] and student_suffix/_mask
+  [B, Lq]; instruction_ids/_mask [B, I] in student ids."""
+  return concat_left_padded((batch["student_prefix"], batch["student_prefix_mask"]),
+                            after_prefix(batch, instruction_ids, instruction_mask, rollout))
+
+
+def answer_questions(student, batch, instruction_ids, instruction_mask, rollout,
+                     repeats: int = 1, shrink: bool = False) -> Generation:
+  """The student answers greedily, prompted with [prefix][instruction][suffix]: each question's
+  prefix run once for its `repeats` rows (its instructions, [G x repeats, I] in student ids),
+  then each row's `after_prefix`. shrink: see `sampling.generate`."""
+  rest, rest_mask = after_prefix(batch, instruction_ids, instruction_mask, rollout, repeats)
+  return generate(student, batch["student_prefix"], batch["student_prefix_mask"],
+                  jax.random.key(0), max_new_tokens=rollout.answer_len,
+                  eos_ids=rollout.student_eos, pad_id=rollout.student_pad, greedy=True,
+                  repeats=repeats, rest=rest, rest_mask=rest_mask, shrink=shrink)
+
+
+def instruction_hidden(lm, prompt, prompt_mask, instruction, instruction_mask, repeats: int):
+  """The teacher LM's final hidden states at the positions that predict each instruction token
+  (the prompt's last, then each instruction token's but the last), the prompt run once for its
+  `repeats` instructions (`sampling.prefill`).
+
+  prompt/_mask [G, Pt] left-padded; instruction/_mask [G x repeats, N] right-padded.
+  -> [G x repeats, N, D]."""
+  return prefill(lm, prompt, prompt_mask, repeats=repeats, rest=instruction,
+                 rest_mask=instruction_mask).hidden[:, :-1]
 
 
 def instruction_logprobs(logits, actions, temperature: float):
   """Log-probs and entropy of the instruction tokens under softmax(logits / temperature).
 
   logits f32[B, N, V]: the teacher's logits at the positions that predict the instruction
-  tokens actions int32[B, N] (`instruction_span`); -> (f32[B,N], f32[B,N]).
+  tokens actions int32[B, N] (`instruction_hidden`); -> (f32[B,N], f32[B,N]).
   """
   logits = logits / temperature
   logp = jax.nn.log_softmax(logits, axis=-1)
   return (jnp.take_along_axis(logp, actions[..., None], -1)[..., 0],
           ppo.entropy_from_logits(logits))
-
-
-def instruction_span(prompt_len: int) -> slice:
-  """The positions of [prompt, instruction] whose logits predict the instruction tokens:
-  position P-1+i predicts instruction token i. Only these go through the LM head."""
-  return slice(prompt_len - 1, -1)
 
 
 class Phases(NamedTuple):
@@ -138,30 +168,27 @@ class Phases(NamedTuple):
 
 def make_phases(config, rollout: Rollout, roles: Roles, tx: optax.GradientTransformation,
                 reward_fn: Callable) -> Phases:
-  """The phases of `make_train_step` (see `Phases`)."""
+  """The phases of `make_train_step` (see `Phases`). A question's prompt is computed once for
+  its k instructions wherever they share it: the teacher's meta-prompt in sampling, in the old
+  policy, the reference and the PPO update (whose minibatches are whole groups); the student's
+  prefix (the question, when it precedes the instruction) in answering."""
   ppo_cfg = config.ppo
   group = ppo_cfg.advantage == "group"
   k = ppo_cfg.group_size if group else 1
   temperature = rollout.temperature
-  repeat = lambda batch: jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), batch)
 
-  def teacher_forward(params, sequence, seq_mask):
-    prompt_len = sequence.shape[1] - rollout.instruction_len
+  def teacher_forward(params, prompt, prompt_mask, instruction, instruction_mask):
+    """-> log-probs, values and entropy f32[Gk, N] of the instruction tokens."""
     teacher = nnx.merge(roles.teacher, params)
-    logits, values = teacher(sequence, positions_from_mask(seq_mask), seq_mask,
-                             instruction_span(prompt_len))
-    logp, entropy = instruction_logprobs(logits, sequence[:, prompt_len:], temperature)
+    hidden = instruction_hidden(teacher.lm, prompt, prompt_mask, instruction, instruction_mask,
+                                k)
+    logits, values = teacher.heads(hidden)
+    logp, entropy = instruction_logprobs(logits, instruction, temperature)
     return logp, values, entropy
-
-  def sequences(batch, instruction):
-    """[teacher prompt, instruction] per row: ids int32[Bk, Pt + N], mask."""
-    batch = repeat(batch)
-    return (jnp.concatenate([batch["teacher_prompt"], instruction.tokens], axis=1),
-            jnp.concatenate([batch["teacher_prompt_mask"], instruction.mask], axis=1))
 
   def write(params, batch, rng):
     teacher = nnx.merge(roles.teacher, params)
-    return write_instructions(teacher.lm, repeat(batch), rng, rollout)
+    return write_instructions(teacher.lm, batch, rng, rollout, repeats=k)
 
   def hand(instruction):
     return hand_over(*strip_stop(instruction.tokens, instruction.mask, rollout.teacher_eos),
@@ -169,24 +196,25 @@ def make_phases(config, rollout: Rollout, roles: Roles, tx: optax.GradientTransf
 
   def answer(frozen, batch, ids, mask):
     student = nnx.merge(roles.student, frozen["student"])
-    return answer_questions(student, repeat(batch), ids, mask, rollout)
+    return answer_questions(student, batch, ids, mask, rollout, repeats=k, shrink=True)
 
   def reward(frozen, batch, answer):
-    return reward_fn(frozen, repeat(batch), answer)
+    return reward_fn(frozen, jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), batch), answer)
 
   def policy(params, batch, instruction):
-    return teacher_forward(params, *sequences(batch, instruction))
+    return teacher_forward(params, batch["teacher_prompt"], batch["teacher_prompt_mask"],
+                           instruction.tokens, instruction.mask)
 
   def reference(frozen, batch, instruction):
-    sequence, seq_mask = sequences(batch, instruction)
     model = nnx.merge(roles.reference, frozen["reference"])
-    prompt_len = batch["teacher_prompt"].shape[1]
-    _, hidden, _ = model(sequence, positions_from_mask(seq_mask), seq_mask)
-    logits = model.logits(hidden[:, instruction_span(prompt_len)])
-    return instruction_logprobs(logits, instruction.tokens, temperature)[0]
+    hidden = instruction_hidden(model, batch["teacher_prompt"], batch["teacher_prompt_mask"],
+                                instruction.tokens, instruction.mask, k)
+    return instruction_logprobs(model.logits(hidden), instruction.tokens, temperature)[0]
 
   def policy_fn(params, mb):
-    logp, values, entropy = teacher_forward(params, mb["sequence"], mb["seq_mask"])
+    # A minibatch holds whole groups, in order: every k-th row is its question's prompt.
+    logp, values, entropy = teacher_forward(params, mb["prompt"][::k], mb["prompt_mask"][::k],
+                                            mb["instruction"], mb["instruction_mask"])
     return logp, (None if group else values), entropy
 
   def update(params, opt_state, experience, rng):
@@ -194,7 +222,7 @@ def make_phases(config, rollout: Rollout, roles: Roles, tx: optax.GradientTransf
         params, opt_state, experience, rng, policy_fn=policy_fn, tx=tx,
         num_epochs=ppo_cfg.num_epochs, num_minibatches=ppo_cfg.num_minibatches,
         clip_eps=ppo_cfg.clip_eps, vf_clip=ppo_cfg.vf_clip, vf_coef=ppo_cfg.vf_coef,
-        ent_coef=ppo_cfg.ent_coef, use_value=not group)
+        ent_coef=ppo_cfg.ent_coef, use_value=not group, group_size=k)
 
   return Phases(write, hand, answer, reward, policy, reference, update)
 
@@ -243,10 +271,11 @@ def make_train_step(config, rollout: Rollout, roles: Roles, tx: optax.GradientTr
     if ppo_cfg.whiten_advantages:
       advantages = ppo.masked_whiten(advantages, action_mask)
 
-    # 4. PPO epochs over minibatches.
-    repeated = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), batch)
-    experience = dict(sequence=jnp.concatenate([repeated["teacher_prompt"], instruction.tokens], 1),
-                      seq_mask=jnp.concatenate([repeated["teacher_prompt_mask"], instruction.mask], 1),
+    # 4. PPO epochs over minibatches of whole groups. (The prompt rides along per row, so that
+    # the update slices every entry alike; each minibatch runs it once per group.)
+    experience = dict(prompt=jnp.repeat(batch["teacher_prompt"], k, axis=0),
+                      prompt_mask=jnp.repeat(batch["teacher_prompt_mask"], k, axis=0),
+                      instruction=instruction.tokens, instruction_mask=instruction.mask,
                       mask=action_mask, old_logprobs=old_logp, advantages=advantages,
                       old_values=old_values, returns=returns)
     params, opt_state, update_metrics = phases.update(state.params, state.opt_state, experience,
@@ -261,6 +290,8 @@ def make_train_step(config, rollout: Rollout, roles: Roles, tx: optax.GradientTr
                    kl=jnp.mean(seq_kl), kl_coef=state.kl_coef,
                    instruction_len=jnp.mean(jnp.sum(instruction.mask, 1).astype(jnp.float32)),
                    answer_len=jnp.mean(jnp.sum(answer.mask, 1).astype(jnp.float32)),
+                   # decode row-steps per answer token: 1 when no decode step is wasted
+                   answer_row_steps=answer.row_steps / jnp.maximum(jnp.sum(answer.mask), 1),
                    answer_done=jnp.mean(answer.done.astype(jnp.float32)))
     samples = dict(instruction=instruction.tokens, instruction_mask=strip_stop(
         instruction.tokens, instruction.mask, rollout.teacher_eos)[1], reward=reward)

@@ -49,8 +49,10 @@ def teacher_prompt_ids(tokenizer, question: str, prompt) -> list[int]:
 
 
 def student_prompt_ids(tokenizer, instruction: list[int], question: str, prompt) -> list[int]:
-  """ids(student_prefix) + instruction ids + ids(student_suffix.format(question))."""
-  return (segment_ids(tokenizer, prompt.student_prefix) + list(instruction)
+  """ids(student_prefix.format(question)) + instruction ids + ids(student_suffix.format(question))
+  (the plain-text prompts of the embedded default models: no instruction_sep)."""
+  return (segment_ids(tokenizer, prompt.student_prefix.format(question=question))
+          + list(instruction)
           + segment_ids(tokenizer, prompt.student_suffix.format(question=question)))
 
 

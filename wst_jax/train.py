@@ -104,7 +104,11 @@ def train(config, workdir, on_step=None) -> dict:
     for step in bar:
       rows = batches.batch_indices(step, config.train.batch_size, n, config.seed,
                                    jax.process_index(), jax.process_count())
-      batch = sharding.put_batch(batches.take(train_arrays, rows), setup.mesh)
+      widths = batches.bucket_widths(
+          train_arrays, batches.batch_indices(step, config.train.batch_size, n, config.seed),
+          config.data.prompt_bucket)
+      batch = sharding.put_batch(batches.trim(batches.take(train_arrays, rows), widths),
+                                 setup.mesh)
       t0 = time.perf_counter()
       new_state, metrics, samples = step_fn(state, frozen, batch)
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

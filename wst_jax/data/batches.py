@@ -46,24 +46,43 @@ def _as_template(text: str) -> str:
 
 def chat_prompts(prompt, teacher_tokenizer, student_tokenizer) -> dict[str, str]:
   """config.prompt's turn contents wrapped in each model's own chat template (prompt.chat set):
-  -> {"teacher_template", "student_prefix", "student_suffix"} as whole prompt texts, so that the
-  student prompt stays [student_prefix][instruction][student_suffix.format(question)].
+  -> {"teacher_template", "student_prefix", "student_suffix"} as whole prompt texts (str.format
+  templates with the field {question}), so that the student prompt stays
+  [student_prefix][instruction][student_suffix], formatted with the question.
 
-  The teacher's template is its user turn; the instruction is the student's system turn
-  (chat="system") or the start of its user turn, followed by the question (chat="user").
+  The teacher's template is its user turn. The instruction, after prompt.student_prefix, is the
+  student's system turn and the question its user turn (chat="system"), or the instruction opens
+  the user turn before the question (chat="user_before") or closes it after the question
+  (chat="user_after"; the question is then in student_prefix). prompt.instruction_sep, between
+  the instruction and the question, is not rendered here: `student_prompts` adds it only to a
+  non-empty instruction.
   """
   teacher = _render(teacher_tokenizer, [{"role": "user", "content": prompt.teacher_template.format(
       question=_QUESTION)}], "teacher")
   question = prompt.student_suffix.format(question=_QUESTION)
+  instruction = prompt.student_prefix + _INSTRUCTION
   if prompt.chat == "system":
-    messages = [{"role": "system", "content": prompt.student_prefix + _INSTRUCTION},
-                {"role": "user", "content": question}]
+    messages = [{"role": "system", "content": instruction}, {"role": "user", "content": question}]
+  elif prompt.chat == "user_before":
+    messages = [{"role": "user", "content": instruction + question}]
   else:
-    messages = [{"role": "user", "content": prompt.student_prefix + _INSTRUCTION + question}]
+    messages = [{"role": "user", "content": question + instruction}]
   student = _render(student_tokenizer, messages, "student")
   prefix, suffix = student.split(_INSTRUCTION)
-  return {"teacher_template": _as_template(teacher), "student_prefix": prefix,
+  return {"teacher_template": _as_template(teacher), "student_prefix": _as_template(prefix),
           "student_suffix": _as_template(suffix)}
+
+
+# config.prompt fields that place an instruction around the bare question, per chat placement (a
+# blank line parts an instruction from the question in the same turn).
+PLACEMENTS = {
+    "system": dict(chat="system", student_prefix="", student_suffix="{question}",
+                   instruction_sep=""),
+    "user_before": dict(chat="user_before", student_prefix="", student_suffix="{question}",
+                        instruction_sep="\n\n"),
+    "user_after": dict(chat="user_after", student_prefix="{question}", student_suffix="",
+                       instruction_sep="\n\n"),
+}
 
 
 def left_pad(rows: list[list[int]], length: int, pad_id: int, field: str):
@@ -111,8 +130,9 @@ def encode_examples(examples: list[dict], teacher_tokenizer, student_tokenizer,
   data.question_len student tokens (`truncate_questions`):
 
   teacher_prompt/_mask int32/bool[N, data.teacher_prompt_len]: the teacher's meta-prompt
-  (teacher ids); student_suffix/_mask [N, data.student_suffix_len]: the question part of the
-  student prompt (student ids, as everything below);
+  (teacher ids); student_prefix/_mask [N, data.student_prefix_len] and student_suffix/_mask
+  [N, data.student_suffix_len]: the student prompt before and after the instruction, formatted
+  with the question (student ids, as everything below);
   gold uint8[N, data.gold_len] (verifier tasks) or rm_prompt/_mask [N, data.rm_prompt_len]
   (reward-model tasks).
   """
@@ -124,15 +144,43 @@ def encode_examples(examples: list[dict], teacher_tokenizer, student_tokenizer,
       [segment_ids(teacher_tokenizer, prompt.teacher_template.format(question=e["question"]))
        for e in examples], data.teacher_prompt_len, teacher_tokenizer.pad_token_id,
       "data.teacher_prompt_len")
-  out["student_suffix"], out["student_suffix_mask"] = left_pad(
-      [segment_ids(tokenizer, prompt.student_suffix.format(question=e["question"]))
-       for e in examples], data.student_suffix_len, pad, "data.student_suffix_len")
+  for part in ("student_prefix", "student_suffix"):
+    out[part], out[part + "_mask"] = left_pad(
+        [segment_ids(tokenizer, prompt[part].format(question=e["question"])) for e in examples],
+        data[part + "_len"], pad, f"data.{part}_len")
   if config.reward.kind == "verifier":
     out["gold"] = encode_gold([e["answer"] for e in examples], data.gold_len)
   else:
     out["rm_prompt"], out["rm_prompt_mask"] = left_pad(
         [segment_ids(tokenizer, e["question"]) for e in examples], data.rm_prompt_len, pad,
         "data.rm_prompt_len")
+  return out
+
+
+# The left-padded prompt fields of the step's inputs (each with its "_mask").
+PROMPT_FIELDS = ("teacher_prompt", "student_prefix", "student_suffix", "rm_prompt")
+
+
+def bucket_widths(arrays: dict[str, np.ndarray], rows: np.ndarray, bucket: int) -> dict[str, int]:
+  """How wide each left-padded prompt field must be for the examples `rows`: their longest
+  prompt, rounded up to a multiple of `bucket` tokens (at most the field's full width), so a
+  step computes what its prompts hold, not the config's maximum, in a few compiled shapes.
+  Pass the rows of the whole global batch: every process must cut to the same widths."""
+  widths = {}
+  for field in PROMPT_FIELDS:
+    if field in arrays:
+      longest = int(arrays[field + "_mask"][rows].sum(1).max())
+      widths[field] = min(arrays[field].shape[1], max(1, -(-longest // bucket)) * bucket)
+  return widths
+
+
+def trim(batch: dict[str, np.ndarray], widths: dict[str, int]) -> dict[str, np.ndarray]:
+  """Each prompt field of `batch` (and its mask) cut to its last widths[field] columns: only
+  left padding goes (`bucket_widths`)."""
+  out = dict(batch)
+  for field, width in widths.items():
+    for name in (field, field + "_mask"):
+      out[name] = batch[name][:, batch[name].shape[1] - width:]
   return out
 
 

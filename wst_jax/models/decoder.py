@@ -226,9 +226,15 @@ class Attention(nnx.Module):
     elif t == 1:
       out = jnp.einsum("bkgs,bksd->bkgd", probs[:, :, :, 0].astype(v_all.dtype), v_all,
                        preferred_element_type=f32)[:, None]
-    else:
+    elif isinstance(cache_index, int) and cache_index == 0:  # a prompt from its start
       out = jnp.einsum("bkgts,bksd->btkgd", probs.astype(v_all.dtype), v_all,
                        preferred_element_type=f32)
+    else:
+      # A continuation after cached tokens (`sampling.prefill`): over an updated cache, XLA's CPU
+      # backend has no bf16 dot with f32 results that writes [b, t, k, g, d]; it has one that
+      # writes [b, k, g, t, d], transposed after.
+      out = jnp.einsum("bkgts,bksd->bkgtd", probs.astype(v_all.dtype), v_all,
+                       preferred_element_type=f32).transpose(0, 3, 1, 2, 4)
     out = out.astype(cfg.compute_dtype).reshape(b, t, -1)
     return self.o(out), LayerCache(k_all, v_all)
 

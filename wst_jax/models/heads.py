@@ -27,5 +27,8 @@ class ScalarHeadLM(nnx.Module):
     The LM head (the largest matmul, [T, V] logits) runs only where it is read: the decoder's
     own logits over all T positions are unused, and XLA drops them under jit."""
     _, hidden, _ = self.lm(tokens, positions, kv_mask)
-    hidden = hidden[:, span]
+    return self.heads(hidden[:, span])
+
+  def heads(self, hidden):
+    """Final hidden states [..., D] -> (logits f32[..., V], scalars f32[...])."""
     return self.lm.logits(hidden), self.head(hidden.astype(jnp.float32))[..., 0]
