@@ -422,7 +422,7 @@ def run_queued(model, ids, mask, **kw):
     order += rows.tolist()
     parts.append(gen)
   back = np.argsort(order)
-  return Generation(*(np.concatenate(f)[back] for f in zip(*parts))), order
+  return Generation(*(np.concatenate(f)[back] for f in list(zip(*parts))[:4])), order
 
 
 @pytest.mark.parametrize("kind,dtype,n_rows,slots,refill", [

@@ -36,7 +36,7 @@ def tiny_config(mesh=None, memory_gib=1.0):
   c.teacher.path, c.student.path = "/not/on/this/machine/t", "/not/on/this/machine/s"
   c.teacher.dtypes = dict(dtype="float32", param_dtype="float32")
   c.student.dtypes = dict(dtype="bfloat16", param_dtype="bfloat16")
-  c.data.update(teacher_prompt_len=6, student_suffix_len=5)
+  c.data.update(teacher_prompt_len=6, student_prefix_len=12, student_suffix_len=5)
   c.rollout.update(instruction_len=2, answer_len=3)
   c.train.batch_size = 4
   c.ppo.num_minibatches = 2
@@ -63,8 +63,8 @@ def test_bytes_by_hand_on_one_device():
   assert it["teacher gradients"].per_device == (TEACHER_PARAMS + VALUE_HEAD) * f32
   # KV: rows x tokens x layers x kv_heads x head_dim x (K, V) x compute bytes.
   assert it["KV cache: teacher sampling"].per_device == 4 * (6 + 2) * 1 * 1 * 4 * 2 * f32
-  # Student prompt: "Instruction:" (12 bytes, an upper bound on its tokens) + 2 instruction
-  # tokens (shared vocabulary) + 5 question tokens, then 3 answer tokens.
+  # Student prompt: a 12-token prefix + no instruction_sep + 2 instruction tokens (shared
+  # vocabulary) + 5 question tokens, then 3 answer tokens.
   assert it["KV cache: student decoding"].per_device == 4 * (12 + 2 + 5 + 3) * 2 * 2 * 4 * 2 * bf16
   # One layer over the prompt: scores + probabilities [rows, heads, prompt, cache] (f32 + compute
   # dtype) and gate/up/product [rows, prompt, mlp] in the compute dtype.

@@ -107,14 +107,15 @@ def test_probe_rows_on_real_models_resume_from_their_records(tmp_path):
   per question; a rerun answers nothing again (the records are complete) and gives the table."""
   from wst_jax import probe
   config = real_gsm8k_gpu.get_config("smoke")
-  config.probe = dict(instructions=["Let's think step by step.", "Reply with the number only."])
-  config.task.update(eval_path="", eval_size=3)
+  texts = ["Let's think step by step.", "Reply with the number only."]
+  config.probe = dict(instructions={"system": texts, "user_after": texts})
+  config.task.update(eval_path="", eval_size=4)
   table = probe.probe(config, tmp_path)
   names = [r["row"] for r in table]
-  assert names == [name for name, *_ in probe.probe_rows(config)] and len(names) == 6
-  assert all(r["n"] == 3 and 0 < r["answer_tokens"] <= config.rollout.answer_len for r in table)
+  assert names == [name for name, *_ in probe.probe_rows(config)] and len(names) == 5
+  assert all(r["n"] == 4 and 0 < r["answer_tokens"] <= config.rollout.answer_len for r in table)
   records = sorted((tmp_path / "probe").glob("*.jsonl"))
-  assert len(records) == 6 and all(len(p.read_text().splitlines()) == 3 for p in records)
+  assert len(records) == 5 and all(len(p.read_text().splitlines()) == 4 for p in records)
   # The two placements give the student different prompts, so the answers differ somewhere.
   answers = {p.name: [json.loads(line)["answer"] for line in p.read_text().splitlines()]
              for p in records}
@@ -122,7 +123,11 @@ def test_probe_rows_on_real_models_resume_from_their_records(tmp_path):
   before = {p: p.read_text() for p in records}
   assert probe.probe(config, tmp_path) == table
   assert {p: p.read_text() for p in records} == before
-  assert (tmp_path / "signal.md").read_text().count("\n") == 2 + 6
+  signal = (tmp_path / "signal.md").read_text()
+  assert sum(line.startswith("| ") for line in signal.splitlines()) == 1 + 5  # header, rows
+  # The headroom and the go check: chosen on the first 2 questions, scored on the other 2.
+  assert "Oracle over the 4 hand-written instructions" in signal
+  assert "Chosen on the first 2 questions" in signal and "On the other 2:" in signal
 
 
 def test_eval_row_e_teacher_has_its_own_tokenizer_and_chat_template(tmp_path):

@@ -112,7 +112,7 @@ def _answers(setup, prompts: np.ndarray, masks: np.ndarray, desc: str):
                                  setup.mesh)
       gen = jax.device_get(answer(student, batch["ids"], batch["mask"]))
       bar.update(keep)
-      yield rows[:keep], Generation(*(x[:keep] for x in gen))
+      yield rows[:keep], Generation(*(x[:keep] for x in gen[:4]))  # row_steps: not per row
 
 
 def _read_record(path: Path | None) -> dict[int, dict]:

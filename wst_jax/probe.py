@@ -167,6 +167,9 @@ def probe(config, out: Path) -> list[dict]:
     placed = config.copy_and_resolve_references()
     with placed.unlocked():
       placed.prompt.update(prompt)
+      # A placement may move the question from the suffix to the prefix: room for it in both.
+      room = max(placed.data.student_prefix_len, placed.data.student_suffix_len)
+      placed.data.update(student_prefix_len=room, student_suffix_len=room)
       if temperature is not None:
         placed.rollout.temperature = temperature
     wanted = json.dumps([placed.prompt.to_dict(), placed.rollout.to_dict()], sort_keys=True)

@@ -50,23 +50,22 @@ def chat_prompts(prompt, teacher_tokenizer, student_tokenizer) -> dict[str, str]
   templates with the field {question}), so that the student prompt stays
   [student_prefix][instruction][student_suffix], formatted with the question.
 
-  The teacher's template is its user turn. The instruction, after prompt.student_prefix, is the
-  student's system turn and the question its user turn (chat="system"), or the instruction opens
-  the user turn before the question (chat="user_before") or closes it after the question
-  (chat="user_after"; the question is then in student_prefix). prompt.instruction_sep, between
-  the instruction and the question, is not rendered here: `student_prompts` adds it only to a
-  non-empty instruction.
+  The teacher's template is its user turn. The student's instruction sits between
+  prompt.student_prefix and prompt.student_suffix, each formatted with the question: with
+  chat="system", prefix + instruction is the system turn and the suffix the user turn; with
+  chat="user_before" / "user_after" the three are one user turn, the question in the suffix or in
+  the prefix (`PLACEMENTS`). prompt.instruction_sep, between the instruction and the question, is
+  not rendered here: `student_prompts` adds it only to a  non-empty instruction.
   """
   teacher = _render(teacher_tokenizer, [{"role": "user", "content": prompt.teacher_template.format(
       question=_QUESTION)}], "teacher")
-  question = prompt.student_suffix.format(question=_QUESTION)
-  instruction = prompt.student_prefix + _INSTRUCTION
+  before, after = (prompt[part].format(question=_QUESTION)
+                   for part in ("student_prefix", "student_suffix"))
   if prompt.chat == "system":
-    messages = [{"role": "system", "content": instruction}, {"role": "user", "content": question}]
-  elif prompt.chat == "user_before":
-    messages = [{"role": "user", "content": instruction + question}]
-  else:
-    messages = [{"role": "user", "content": question + instruction}]
+    messages = [{"role": "system", "content": before + _INSTRUCTION},
+                {"role": "user", "content": after}]
+  else:   # "user_before" / "user_after": where the question goes is prefix or suffix
+    messages = [{"role": "user", "content": before + _INSTRUCTION + after}]
   student = _render(student_tokenizer, messages, "student")
   prefix, suffix = student.split(_INSTRUCTION)
   return {"teacher_template": _as_template(teacher), "student_prefix": _as_template(prefix),
