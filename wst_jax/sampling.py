@@ -62,19 +62,23 @@ def prefill(model: Decoder, prompt, prompt_mask, *, repeats: int = 1, rest=None,
                      f"longer than the sliding window ({cfg.sliding_window}) of "
                      f"{cfg.model_type}: its padding would shorten the window.")
   repeat = lambda x: jnp.repeat(x, repeats, axis=0)
+  # The shared prompt sees only itself: prefilled into a cache of its own length (no attention
+  # over the empty slots), then padded. Of its hidden states only the last goes on: the LM head
+  # over the whole prompt is left to XLA's dead-code elimination.
   _, hidden, cache = model(prompt, positions_from_mask(prompt_mask), prompt_mask)
   pad = ((0, 0), (0, 0), (0, p1 + extra_slots), (0, 0))
   cache = [LayerCache(repeat(jnp.pad(c.k, pad)), repeat(jnp.pad(c.v, pad))) for c in cache]
   position = repeat(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32))
-  kv_mask, hidden = repeat(prompt_mask), repeat(hidden[:, -1:])
+  kv_mask = repeat(prompt_mask) if rest is None else jnp.concatenate(
+      [repeat(prompt_mask), rest_mask], axis=1)
+  kv_mask = jnp.pad(kv_mask, ((0, 0), (0, extra_slots)))
+  hidden = repeat(hidden[:, -1:])
   if p1:
-    kv_mask = jnp.concatenate([kv_mask, rest_mask], axis=1)
     rest_positions = position[:, None] + jnp.maximum(jnp.cumsum(rest_mask, axis=1) - 1, 0)
-    _, rest_hidden, cache = model(rest, rest_positions, jnp.pad(kv_mask, ((0, 0), (0, extra_slots))),
-                                  cache, p0)
+    _, rest_hidden, cache = model(rest, rest_positions, kv_mask, cache, p0)
     hidden = jnp.concatenate([hidden, rest_hidden], axis=1)
     position = position + jnp.sum(rest_mask, axis=1, dtype=jnp.int32)
-  return Prefilled(cache, jnp.pad(kv_mask, ((0, 0), (0, extra_slots))), position, hidden)
+  return Prefilled(cache, kv_mask, position, hidden)
 
 
 def shrink_widths(rows: int) -> list[int]:
@@ -201,12 +205,17 @@ def generate(model: Decoder, prompt, prompt_mask, rng, *, max_new_tokens: int,
                 jnp.zeros((b, max_new_tokens), bool), rng, jnp.int32(0))
   out = Generation(carry.tokens, carry.logprobs, carry.mask, carry.done)
   rows = jnp.arange(b)  # the output row of each row of the carry
+
+  def collect(out: Generation, c: Carry) -> Generation:
+    """`out` with the carry's rows written to their output rows."""
+    return Generation(*(x.at[rows].set(y) for x, y in zip(
+        out, (c.tokens, c.logprobs, c.mask, c.done))))
+
   for width in (shrink_widths(b) if shrink else []):
     carry = run_until(carry, width)
     # Every row's answer so far (the live rows' are completed below), then the live rows
     # alone: a stable sort on `done` puts them first.
-    out = Generation(*(x.at[rows].set(y) for x, y in zip(
-        out, (carry.tokens, carry.logprobs, carry.mask, carry.done))))
+    out = collect(out, carry)
     keep = jnp.argsort(carry.done, stable=True)[:width]
     take = lambda x: jnp.take(x, keep, axis=0)
     carry = carry._replace(
@@ -216,9 +225,7 @@ def generate(model: Decoder, prompt, prompt_mask, rng, *, max_new_tokens: int,
         cache=[LayerCache(take(c.k), take(c.v)) for c in carry.cache])
     rows = rows[keep]
   carry = run_until(carry, 0)
-  out = Generation(*(x.at[rows].set(y) for x, y in zip(
-      out, (carry.tokens, carry.logprobs, carry.mask, carry.done))))
-  return out._replace(row_steps=carry.row_steps)
+  return collect(out, carry)._replace(row_steps=carry.row_steps)
 
 
 class Slots(NamedTuple):
