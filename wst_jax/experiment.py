@@ -3,7 +3,8 @@ local folders -> mesh -> memory check -> tokenizers, models, reward, task (`Setu
 state and its checkpoints.
 
 Imports run one way: pretrain, zoo <- model_refs <- reward_model <- experiment <- eval <- train,
-and optim <- plan <- experiment. Nothing here imports train or eval.
+optim <- plan <- experiment, and records, step <- student_api <- experiment. Nothing here imports
+train or eval.
 """
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from wst_jax import checkpoints, model_refs, plan, reward_model, rewards, sharding
+from wst_jax import (checkpoints, model_refs, plan, reward_model, rewards, sharding,
+                     student_api)
 from wst_jax.config_checks import validate
 from wst_jax.data import batches
 from wst_jax.data.registry import load_task
-from wst_jax.errors import UnavailableError
+from wst_jax.errors import ConfigError, UnavailableError
 from wst_jax.models import ScalarHeadLM
 from wst_jax.step import Roles, Rollout, TrainState
 
@@ -49,7 +51,9 @@ def resolve_model_paths(config) -> dict[str, Path]:
   """Every model folder the run reads, by role: "teacher", "student", "reward_model" (reward.kind
   "reward_model") and "eval_teacher" (eval.teacher_path set). What must be built is built here,
   before any weights are read."""
-  refs = {"teacher": config.teacher.path, "student": config.student.path}
+  refs = {"teacher": config.teacher.path}
+  if config.student.backend == "jax":   # (a student behind an API has no folder here)
+    refs["student"] = config.student.path
   if config.reward.kind == "reward_model":
     refs["reward_model"] = config.reward.model_path
   if config.eval.teacher_path:
@@ -71,15 +75,26 @@ def _with_prompt(config, prompt: dict):
 class Setup:
   """Everything a run (train or eval) builds from a config before the first step."""
 
-  def __init__(self, config, student_from: Setup | None = None, *, training: bool = True):
+  def __init__(self, config, student_from: Setup | None = None, *, training: bool = True,
+               workdir: str | Path | None = None):
     """`student_from`: a setup of the same student and reward, whose student, tokenizer and
     reward this one shares instead of loading them again (eval's row (e): another teacher for
     the same student). `training`: False for a setup that only samples (eval): the memory check
-    leaves out the KL reference, and `training_frozen` refuses to make it."""
+    leaves out the KL reference, and `training_frozen` refuses to make it. `workdir` (default
+    config.workdir): where a student behind an API keeps its answer journal."""
     validate(config)
     if student_from is not None:
       _check_same_student(config, student_from.config)
     self.config, self.training = config, training
+    # A student behind an API (student.backend "openai"): asked over HTTP on the host, with no
+    # tokenizer, weights or reward function here; its server is checked before any other work.
+    self.student_api = None
+    if config.student.backend == "openai":
+      if jax.process_count() > 1:
+        raise ConfigError("config.student.backend='openai' runs on one process (its requests "
+                          f"are made on the host); this run has {jax.process_count()}.")
+      self.student_api = (student_from.student_api if student_from is not None else
+                          student_api.make_student(config, Path(workdir or config.workdir)))
     self.mesh = sharding.make_mesh(config.mesh.to_dict())
     self.paths = resolve_model_paths(config)
     # A config that cannot fit is refused here, before any weights are read.
@@ -87,10 +102,12 @@ class Setup:
     if memory_plan is not None and jax.process_index() == 0:
       logging.info("%s", plan.format_plan(memory_plan))
     self.teacher_tokenizer = checkpoints.load_tokenizer(self.paths["teacher"])
-    if student_from is None:
+    if student_from is not None:
+      self.tokenizer = student_from.tokenizer
+    elif self.student_api is None:
       self.tokenizer = checkpoints.load_tokenizer(self.paths["student"])  # answers, rewards
     else:
-      self.tokenizer = student_from.tokenizer
+      self.tokenizer = None
     if config.prompt.chat:   # from here on the prompts are whole texts in each chat template
       config = self.config = _with_prompt(config, batches.chat_prompts(
           config.prompt, self.teacher_tokenizer, self.tokenizer))
@@ -101,7 +118,9 @@ class Setup:
     teacher = ScalarHeadLM(teacher_lm.cfg, rngs=nnx.Rngs(config.seed), lm=teacher_lm)
     teacher_def, self.teacher_params = nnx.split(teacher, nnx.Param)
     reference_def = nnx.graphdef(teacher_lm)
-    if student_from is None:
+    if student_from is None and self.student_api is not None:
+      student_def, self.frozen, self.reward_fn = None, {}, None   # rewards on the host
+    elif student_from is None:
       student = checkpoints.load_decoder(self.paths["student"], mesh=self.mesh,
                                          **config.student.dtypes)
       student_def, student_params = nnx.split(student, nnx.Param)
@@ -120,6 +139,13 @@ class Setup:
     rm_def, rm_params = nnx.split(model, nnx.Param)
     self.frozen["reward_model"] = rm_params
     return rewards.reward_model_reward(rm_def)
+
+  @property
+  def student_id(self) -> str:
+    """What names the student in record keys: its folder, or its server and model id."""
+    if self.student_api is not None:
+      return f"api model {self.student_api.endpoint.model}"   # as the journal: any server
+    return str(self.paths["student"].resolve())
 
   def encode(self, examples):
     return batches.encode_examples(examples, self.teacher_tokenizer, self.tokenizer, self.config)

@@ -79,6 +79,8 @@ class Plan:
   items: tuple[Item, ...]
   models: dict[str, DecoderConfig]
   memory_source: str = "--device-memory-gib"  # where device_memory_gib came from, for errors
+  # A student behind an API (`student_requests`): what the run will ask of it; None otherwise.
+  student_requests: dict | None = None
 
   def phase(self, name: str) -> int:
     return sum(i.per_device for i in self.items if i.phase == name)
@@ -272,9 +274,11 @@ def make_plan(config, devices: int | None = None, device_memory_gib: float | Non
     given = "device_memory_gib" in plan_cfg
     device_memory_gib = float(plan_cfg.get("device_memory_gib", DEFAULT_DEVICE_MEMORY_GIB))
     memory_source = "config.plan.device_memory_gib" if given else "the default (TPU v5e)"
+  api = config.student.backend == "openai"   # asked over HTTP: no student on the devices
   teacher_cfg = model_config(config, "teacher", paths)
-  student_cfg = model_config(config, "student", paths)
-  models = {"teacher": teacher_cfg, "student": student_cfg}
+  models = {"teacher": teacher_cfg}
+  if not api:
+    models["student"] = student_cfg = model_config(config, "student", paths)
   items = []
 
   def add(name, phase, nbytes, detail="", fix=""):
@@ -288,9 +292,11 @@ def make_plan(config, devices: int | None = None, device_memory_gib: float | Non
     add("reference teacher params", "resident",
         tree_bytes(abstract_params(Decoder, teacher_cfg), mesh), "frozen copy of the initial LM",
         fix_params(config, "teacher"))
-  student = abstract_params(Decoder, student_cfg)
-  add("student params", "resident", tree_bytes(student, mesh),
-      f"{human_count(count(student))} x {student_cfg.param_dtype}", fix_params(config, "student"))
+  if not api:
+    student = abstract_params(Decoder, student_cfg)
+    add("student params", "resident", tree_bytes(student, mesh),
+        f"{human_count(count(student))} x {student_cfg.param_dtype}",
+        fix_params(config, "student"))
   if config.reward.kind == "reward_model":
     rm_cfg = model_config(config, "reward_model", paths)
     models["reward_model"] = rm_cfg
@@ -306,7 +312,7 @@ def make_plan(config, devices: int | None = None, device_memory_gib: float | Non
   rows = config.train.batch_size * (config.ppo.group_size if group else 1)
   data, rollout = config.data, config.rollout
   teacher_len = data.teacher_prompt_len + rollout.instruction_len
-  shared_vocab = teacher_cfg.vocab_size == student_cfg.vocab_size
+  shared_vocab = api or teacher_cfg.vocab_size == student_cfg.vocab_size
   instruction = rollout.instruction_len if shared_vocab else data.retokenized_instruction_len
   sep = len(config.prompt.instruction_sep.encode())  # a byte-level BPE token is >= 1 byte
   student_prompt = data.student_prefix_len + sep + instruction + data.student_suffix_len
@@ -321,15 +327,15 @@ def make_plan(config, devices: int | None = None, device_memory_gib: float | Non
       prefill_bytes(teacher_cfg, rows, data.teacher_prompt_len, teacher_len, mesh),
       f"scores [{rows}, {teacher_cfg.num_heads}, {data.teacher_prompt_len}, {teacher_len}]",
       FIX_ROWS.format(lengths=lengths[0]))
-  add("KV cache: student decoding", "answering",
-      kv_cache_bytes(student_cfg, rows, student_prompt + rollout.answer_len, mesh),
-      f"{rows} rows x {student_prompt + rollout.answer_len} tokens",
-      FIX_ROWS.format(lengths=lengths[1]))
   student_len = student_prompt + rollout.answer_len
-  add("prompt forward: student (1 layer)", "answering",
-      prefill_bytes(student_cfg, rows, student_prompt, student_len, mesh),
-      f"scores [{rows}, {student_cfg.num_heads}, {student_prompt}, {student_len}]",
-      FIX_ROWS.format(lengths=lengths[1]))
+  if not api:
+    add("KV cache: student decoding", "answering",
+        kv_cache_bytes(student_cfg, rows, student_len, mesh), f"{rows} rows x {student_len} tokens",
+        FIX_ROWS.format(lengths=lengths[1]))
+    add("prompt forward: student (1 layer)", "answering",
+        prefill_bytes(student_cfg, rows, student_prompt, student_len, mesh),
+        f"scores [{rows}, {student_cfg.num_heads}, {student_prompt}, {student_len}]",
+        FIX_ROWS.format(lengths=lengths[1]))
   if config.reward.kind == "reward_model":
     rm_len = data.rm_prompt_len + rollout.answer_len
     add("reward model forward", "answering",
@@ -350,7 +356,23 @@ def make_plan(config, devices: int | None = None, device_memory_gib: float | Non
       ppo_activation_bytes(teacher_cfg, minibatch, data.teacher_prompt_len,
                            rollout.instruction_len, mesh),
       f"estimate, {minibatch} rows/minibatch x {teacher_len} tokens, no remat", FIX_ACTIVATIONS)
-  return Plan(sizes, device_memory_gib, tuple(items), models, memory_source)
+  return Plan(sizes, device_memory_gib, tuple(items), models, memory_source,
+              student_requests(config, rows, student_prompt) if api else None)
+
+
+def student_requests(config, rows: int, prompt_tokens: int) -> dict:
+  """What a run asks of a student behind an API, at most (the journal answers repeats):
+  requests and tokens of training (rows a step) and of the evaluation table (rows (a)-(d), and
+  (e), on eval_size questions). prompt_tokens: the config's bound of one student prompt
+  (data.student_prefix_len + instruction + data.student_suffix_len), an estimate of what the
+  server counts (its chat template adds a few)."""
+  steps, answer = config.train.num_steps, config.rollout.answer_len
+  eval_rows = (5 if config.eval.teacher_path else 4) * config.task.eval_size
+  out = dict(per_step=rows, training=rows * steps, evaluation=eval_rows,
+             baseline_per_question=int(config.reward.baseline == "student"))
+  total = out["training"] + eval_rows
+  out.update(max_completion_tokens=total * answer, approx_prompt_tokens=total * prompt_tokens)
+  return out
 
 
 def count(params) -> int:
@@ -430,6 +452,13 @@ def format_plan(plan: Plan, title: str = "") -> str:
                f"{i.detail}")
   phases = ", ".join(f"{k} {gib(v)}" for k, v in plan.phases.items())
   out.append(f"  resident {gib(plan.phase('resident'))}; phases: {phases}")
+  if plan.student_requests is not None:
+    r = plan.student_requests
+    baseline = " (+1 per training question: the baseline)" if r["baseline_per_question"] else ""
+    out.append(f"  student behind an API: {r['per_step']} requests a step, {r['training']:,} in "
+               f"training{baseline}, {r['evaluation']:,} in the evaluation table; at most "
+               f"{r['max_completion_tokens']:,} completion tokens and about "
+               f"{r['approx_prompt_tokens']:,} prompt tokens (the journal answers repeats free)")
   out.append(f"  peak per device {gib(plan.peak)} of {gib(plan.usable)} usable "
              f"({USABLE_FRACTION:.0%} of {plan.device_memory_gib:g} GiB): "
              f"{'fits' if plan.fits else 'DOES NOT FIT'}")

@@ -27,9 +27,9 @@ import numpy as np
 
 from wst_jax import errors
 from wst_jax.data.batches import PLACEMENTS
-from wst_jax.eval import (bootstrap_interval, content_key, paired_comparison, run_source,
-                          slug)
+from wst_jax.eval import content_key, run_source, slug
 from wst_jax.experiment import Setup
+from wst_jax.stats import bootstrap_interval, paired_comparison
 
 WHERE = {"system": "system turn", "user_before": "user turn, before the question",
          "user_after": "user turn, after the question"}
@@ -175,7 +175,7 @@ def probe(config, out: Path) -> list[dict]:
     wanted = json.dumps([placed.prompt.to_dict(), placed.rollout.to_dict()], sort_keys=True)
     if held is None or held[0] != wanted:   # rows of one prompt come together
       held = setup = None   # let the previous setup's models go before loading the next
-      setup = Setup(placed, training=False)
+      setup = Setup(placed, training=False, workdir=out)
       held = wanted, setup, setup.encode(setup.task.eval)
     _, setup, arrays = held
     key = record_key(setup, arrays, name, source)

@@ -43,6 +43,11 @@ def answer_texts(tokenizer, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
           for row, m in zip(np.asarray(tokens), np.asarray(mask, bool))]
 
 
+def verifier_scores(task: str, answers: list[str], golds: list[str]) -> np.ndarray:
+  """Host side: `verifiers.score` of each answer text against its gold answer -> f32[N]."""
+  return np.asarray([verifiers.score(task, a, g) for a, g in zip(answers, golds)], np.float32)
+
+
 def verifier_reward(task: str, tokenizer, mesh=None) -> Callable:
   """Correctness (1.0 / 0.0) of each answer, checked on the host by `verifiers.score`.
 
@@ -51,9 +56,8 @@ def verifier_reward(task: str, tokenizer, mesh=None) -> Callable:
   """
 
   def host(tokens, mask, gold):
-    texts = answer_texts(tokenizer, tokens, mask)
-    return np.asarray([verifiers.score(task, t, decode_gold(g)) for t, g in zip(texts, gold)],
-                      np.float32)
+    return verifier_scores(task, answer_texts(tokenizer, tokens, mask),
+                           [decode_gold(g) for g in gold])
 
   def reward_fn(frozen, batch, answer: Generation):
     del frozen

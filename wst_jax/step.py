@@ -52,6 +52,12 @@ class Rollout:
 
   @classmethod
   def from_config(cls, config, teacher_tokenizer, student_tokenizer, mesh=None) -> "Rollout":
+    """student_tokenizer None: a student behind an API (`student_api`), asked in text; the
+    student's ids are then never used."""
+    if student_tokenizer is None:
+      return cls(**config.rollout.to_dict(), teacher_eos=(teacher_tokenizer.eos_token_id,),
+                 student_eos=(), teacher_pad=teacher_tokenizer.pad_token_id, student_pad=0,
+                 instruction_sep=(), sep_before_instruction=False)
     shared = teacher_tokenizer.get_vocab() == student_tokenizer.get_vocab()
     retokenize = None if shared else host_retokenizer(
         teacher_tokenizer, student_tokenizer, config.data.retokenized_instruction_len, mesh)
@@ -227,28 +233,36 @@ def make_phases(config, rollout: Rollout, roles: Roles, tx: optax.GradientTransf
   return Phases(write, hand, answer, reward, policy, reference, update)
 
 
-def make_train_step(config, rollout: Rollout, roles: Roles, tx: optax.GradientTransformation,
-                    reward_fn: Callable) -> Callable:
-  """-> `train_step(state, frozen, batch) -> (state, metrics, samples)`, pure and jittable.
+def step_keys(rng):
+  """The step's keys from TrainState.rng -> (next state's rng, teacher sampling, PPO update)."""
+  return jax.random.split(rng, 3)
 
-  frozen: {"reference": params, "student": params, optional "reward_model": params}.
-  batch (leading axis B, one row per question): teacher_prompt/_mask [B,Pt], the student's
-  prompt segments, task fields for the reward (gold, rm_prompt...), and baseline_reward f32[B]
-  when config.reward.baseline is "student".
+
+def answer_metrics(answer: Generation) -> dict:
+  """The answers' metrics (f32[] each) that `make_learn` logs, from the JAX student's answers."""
+  return dict(answer_len=jnp.mean(jnp.sum(answer.mask, 1).astype(jnp.float32)),
+              # decode row-steps per answer token: 1 when no decode step is wasted
+              answer_row_steps=answer.row_steps / jnp.maximum(jnp.sum(answer.mask), 1),
+              answer_done=jnp.mean(answer.done.astype(jnp.float32)))
+
+
+def make_learn(config, rollout: Rollout, phases: Phases) -> Callable:
+  """-> `learn(state, frozen, batch, instruction, reward, answers) -> (state, metrics, samples)`:
+  everything of the step after the reward, pure and jittable: old policy and reference, the KL
+  penalty, advantages, the PPO epochs, the next state. Shared by the jitted step
+  (`make_train_step`) and the step split on the host for an API student
+  (`student_api.make_split_step`).
+
+  instruction: the teacher's Generation [Bk, N] (`Phases.write` with the sampling key of
+  `step_keys(state.rng)`); reward f32[Bk]; answers: metrics of the answers (f32[] each), logged
+  as they are.
   """
   ppo_cfg = config.ppo
   group = ppo_cfg.advantage == "group"
   k = ppo_cfg.group_size if group else 1
-  phases = make_phases(config, rollout, roles, tx, reward_fn)
 
-  def train_step(state: TrainState, frozen, batch):
-    rng, sample_rng, ppo_rng = jax.random.split(state.rng, 3)
-
-    # 1. Rollout: k instructions per question, the answers, their reward. No gradients here.
-    instruction = phases.write(state.params, batch, sample_rng)
-    ids, mask = phases.hand_over(instruction)
-    answer = phases.answer(frozen, batch, ids, mask)
-    reward = phases.reward(frozen, batch, answer)
+  def learn(state: TrainState, frozen, batch, instruction: Generation, reward, answers: dict):
+    rng, _, ppo_rng = step_keys(state.rng)
     score = reward
     if config.reward.baseline == "student":
       score = reward - jnp.repeat(batch["baseline_reward"], k, axis=0)
@@ -286,16 +300,36 @@ def make_train_step(config, rollout: Rollout, roles: Roles, tx: optax.GradientTr
     if ppo_cfg.kl_target is not None:
       kl_coef = ppo.adaptive_kl_coef(kl_coef, jnp.mean(seq_kl), target=ppo_cfg.kl_target,
                                      horizon=ppo_cfg.kl_horizon, batch_size=reward.shape[0])
-    metrics = dict(update_metrics, reward=jnp.mean(reward), score=jnp.mean(score),
+    metrics = dict(update_metrics, **answers, reward=jnp.mean(reward), score=jnp.mean(score),
                    kl=jnp.mean(seq_kl), kl_coef=state.kl_coef,
-                   instruction_len=jnp.mean(jnp.sum(instruction.mask, 1).astype(jnp.float32)),
-                   answer_len=jnp.mean(jnp.sum(answer.mask, 1).astype(jnp.float32)),
-                   # decode row-steps per answer token: 1 when no decode step is wasted
-                   answer_row_steps=answer.row_steps / jnp.maximum(jnp.sum(answer.mask), 1),
-                   answer_done=jnp.mean(answer.done.astype(jnp.float32)))
+                   instruction_len=jnp.mean(jnp.sum(instruction.mask, 1).astype(jnp.float32)))
     samples = dict(instruction=instruction.tokens, instruction_mask=strip_stop(
         instruction.tokens, instruction.mask, rollout.teacher_eos)[1], reward=reward)
     new_state = TrainState(state.step + 1, params, opt_state, kl_coef, rng)
     return new_state, metrics, samples
+
+  return learn
+
+
+def make_train_step(config, rollout: Rollout, roles: Roles, tx: optax.GradientTransformation,
+                    reward_fn: Callable) -> Callable:
+  """-> `train_step(state, frozen, batch) -> (state, metrics, samples)`, pure and jittable: the
+  rollout (`Phases` write, hand_over, answer, reward), then `make_learn`.
+
+  frozen: {"reference": params, "student": params, optional "reward_model": params}.
+  batch (leading axis B, one row per question): teacher_prompt/_mask [B,Pt], the student's
+  prompt segments, task fields for the reward (gold, rm_prompt...), and baseline_reward f32[B]
+  when config.reward.baseline is "student".
+  """
+  phases = make_phases(config, rollout, roles, tx, reward_fn)
+  learn = make_learn(config, rollout, phases)
+
+  def train_step(state: TrainState, frozen, batch):
+    # 1. Rollout: k instructions per question, the answers, their reward. No gradients here.
+    instruction = phases.write(state.params, batch, step_keys(state.rng)[1])
+    ids, mask = phases.hand_over(instruction)
+    answer = phases.answer(frozen, batch, ids, mask)
+    reward = phases.reward(frozen, batch, answer)
+    return learn(state, frozen, batch, instruction, reward, answer_metrics(answer))
 
   return train_step

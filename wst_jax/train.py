@@ -26,6 +26,7 @@ from wst_jax.eval import evaluate, student_alone_rewards
 from wst_jax.experiment import Setup, checkpoint_manager, init_state, restore_or_init
 from wst_jax.optim import optimizer
 from wst_jax.step import make_train_step
+from wst_jax.student_api import make_split_step
 
 
 def rows_up_to(lines: list[str], step: int) -> list[str]:
@@ -78,7 +79,7 @@ def train(config, workdir, on_step=None) -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   # ---- config -> model folders -> mesh -> memory check -> models, reward, task
-  setup = Setup(config)
+  setup = Setup(config, workdir=workdir)
   # ---- data
   train_arrays = setup.encode(setup.task.train)
   frozen = setup.training_frozen()
@@ -89,10 +90,13 @@ def train(config, workdir, on_step=None) -> dict:
   state, shardings = init_state(setup, tx)
   mngr = checkpoint_manager(workdir, config)
   state = restore_or_init(mngr, state, shardings)
-  # ---- jitted update
+  # ---- the step: one jitted function, or split on the host around a student behind an API
   rep = sharding.replicated(setup.mesh)
-  step_fn = jax.jit(make_train_step(config, setup.rollout, setup.roles, tx, setup.reward_fn),
-                    donate_argnums=0, out_shardings=(shardings, rep, rep))
+  if setup.student_api is None:
+    step_fn = jax.jit(make_train_step(config, setup.rollout, setup.roles, tx, setup.reward_fn),
+                      donate_argnums=0, out_shardings=(shardings, rep, rep))
+  else:
+    step_fn = make_split_step(setup, tx, shardings)
   # ---- loop: step, log, checkpoint
   start, total = int(state.step), config.train.num_steps
   writer = MetricWriter(workdir, start)

@@ -59,17 +59,28 @@ def chat_prompts(prompt, teacher_tokenizer, student_tokenizer) -> dict[str, str]
   """
   teacher = _render(teacher_tokenizer, [{"role": "user", "content": prompt.teacher_template.format(
       question=_QUESTION)}], "teacher")
-  before, after = (prompt[part].format(question=_QUESTION)
-                   for part in ("student_prefix", "student_suffix"))
-  if prompt.chat == "system":
-    messages = [{"role": "system", "content": before + _INSTRUCTION},
-                {"role": "user", "content": after}]
-  else:   # "user_before" / "user_after": where the question goes is prefix or suffix
-    messages = [{"role": "user", "content": before + _INSTRUCTION + after}]
-  student = _render(student_tokenizer, messages, "student")
+  if student_tokenizer is None:   # a student behind an API renders its own turns
+    return {"teacher_template": _as_template(teacher)}
+  student = _render(student_tokenizer, student_messages(prompt, _QUESTION, _INSTRUCTION),
+                    "student")
   prefix, suffix = student.split(_INSTRUCTION)
   return {"teacher_template": _as_template(teacher), "student_prefix": _as_template(prefix),
           "student_suffix": _as_template(suffix)}
+
+
+def student_messages(prompt, question: str, instruction: str) -> list[dict]:
+  """The student's chat turns (prompt.chat set) for one question and one instruction (with its
+  separator, if any): with chat="system", prompt.student_prefix + instruction is the system turn
+  and prompt.student_suffix the user turn; with "user_before" / "user_after" the three are one
+  user turn (the question is in the suffix or in the prefix). Both formatted with the question.
+  The JAX student's prompt is these turns in its chat template (`chat_prompts`); a student
+  behind an API is sent them (`student_api.ApiStudent.conversation`)."""
+  before, after = (prompt[part].format(question=question)
+                   for part in ("student_prefix", "student_suffix"))
+  if prompt.chat == "system":
+    return [{"role": "system", "content": before + instruction},
+            {"role": "user", "content": after}]
+  return [{"role": "user", "content": before + instruction + after}]
 
 
 # config.prompt fields that place an instruction around the bare question, per chat placement (a
@@ -82,6 +93,21 @@ PLACEMENTS = {
     "user_after": dict(chat="user_after", student_prefix="{question}", student_suffix="",
                        instruction_sep="\n\n"),
 }
+
+
+def encode_text(texts: list[str]) -> np.ndarray:
+  """Texts -> uint8[N, longest] zero-padded UTF-8: the questions an API student is asked ride in
+  the batch (like the gold answers), so that each row of a batch has its question on the host."""
+  raw = [t.encode("utf-8") for t in texts]
+  out = np.zeros((len(raw), max(map(len, raw), default=0)), np.uint8)
+  for i, r in enumerate(raw):
+    out[i, :len(r)] = np.frombuffer(r, np.uint8)
+  return out
+
+
+def decode_text(row: np.ndarray) -> str:
+  """One row of `encode_text` -> its text."""
+  return bytes(np.asarray(row)).rstrip(b"\0").decode("utf-8")
 
 
 def left_pad(rows: list[list[int]], length: int, pad_id: int, field: str):
@@ -131,22 +157,28 @@ def encode_examples(examples: list[dict], teacher_tokenizer, student_tokenizer,
   teacher_prompt/_mask int32/bool[N, data.teacher_prompt_len]: the teacher's meta-prompt
   (teacher ids); student_prefix/_mask [N, data.student_prefix_len] and student_suffix/_mask
   [N, data.student_suffix_len]: the student prompt before and after the instruction, formatted
-  with the question (student ids, as everything below);
+  with the question (student ids, as everything below), or, for a student behind an API
+  (student_tokenizer None), question uint8[N, L]: the question's text (`encode_text`);
   gold uint8[N, data.gold_len] (verifier tasks) or rm_prompt/_mask [N, data.rm_prompt_len]
   (reward-model tasks).
   """
   prompt, data = config.prompt, config.data
-  tokenizer, pad = student_tokenizer, student_tokenizer.pad_token_id
-  examples, _ = truncate_questions(examples, tokenizer, data.question_len)
+  tokenizer = student_tokenizer
+  pad = None if tokenizer is None else tokenizer.pad_token_id
+  if tokenizer is not None:
+    examples, _ = truncate_questions(examples, tokenizer, data.question_len)
   out = {}
   out["teacher_prompt"], out["teacher_prompt_mask"] = left_pad(
       [segment_ids(teacher_tokenizer, prompt.teacher_template.format(question=e["question"]))
        for e in examples], data.teacher_prompt_len, teacher_tokenizer.pad_token_id,
       "data.teacher_prompt_len")
-  for part in ("student_prefix", "student_suffix"):
-    out[part], out[part + "_mask"] = left_pad(
-        [segment_ids(tokenizer, prompt[part].format(question=e["question"])) for e in examples],
-        data[part + "_len"], pad, f"data.{part}_len")
+  if tokenizer is None:   # a student behind an API: it is sent each question as text
+    out["question"] = encode_text([e["question"] for e in examples])
+  else:
+    for part in ("student_prefix", "student_suffix"):
+      out[part], out[part + "_mask"] = left_pad(
+          [segment_ids(tokenizer, prompt[part].format(question=e["question"]))
+           for e in examples], data[part + "_len"], pad, f"data.{part}_len")
   if config.reward.kind == "verifier":
     out["gold"] = encode_gold([e["answer"] for e in examples], data.gold_len)
   else:

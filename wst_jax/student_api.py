@@ -1,0 +1,303 @@
+r"""A student behind an OpenAI-compatible chat-completions server (config.student.backend =
+"openai"): vLLM, SGLang, llama.cpp, TGI, `transformers serve` or a hosted API. The student is
+only *asked*, as the paper's closed and too-large students are.
+
+    teacher (jitted) --instructions--> host: chat requests, bounded concurrency --answers-->
+    host: the verifier's reward --> PPO update (jitted)
+
+`make_split_step` is the WST step split on the host there (the JAX student's step stays one
+jitted function, `step.make_train_step`; both share `step.make_phases` and `step.make_learn`).
+`ApiStudent.answer` asks for greedy answers (temperature 0, max_tokens = rollout.answer_len) with
+the instruction placed in the chat turns as the JAX path places it (`batches.student_messages`),
+and appends each answer to the run's journal (`records.AnswerJournal`) as it arrives: an answer
+in the journal is never asked for again.
+
+Faults: a time-out, a dropped connection, 429 and 5xx are retried up to student.max_retries
+times with exponential backoff and jitter, and counted. A refused connection, a rejected key,
+an unknown model or any other 4xx stop the run with one line naming the URL and the model (never
+the key) and what to do.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import http.client
+import json
+import os
+import random
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wst_jax import rewards, sharding
+from wst_jax.data.batches import decode_text, student_messages
+from wst_jax.errors import ConfigError, UnavailableError
+from wst_jax.prompting import strip_stop
+from wst_jax.records import AnswerJournal
+from wst_jax.step import make_learn, make_phases, step_keys
+
+# Retry waits: BACKOFF_S x 2^attempt, at most BACKOFF_CAP_S, times a jitter in [0.5, 1.5) so that
+# the requests of a batch that failed together do not retry together.
+BACKOFF_S, BACKOFF_CAP_S = 0.5, 30.0
+JOURNAL = "student_answers.jsonl"   # under the run's workdir
+FAULTS = ("timeouts", "dropped", "rate_limited", "server_errors")
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+  """Where the student is asked: config.student's API fields. The key is read from the
+  environment variable api_key_env at each request; it is never stored, logged or shown."""
+  base_url: str          # e.g. "http://127.0.0.1:8000/v1"
+  model: str             # the model id the server lists at /models
+  api_key_env: str       # "" for a server without a key
+  max_concurrency: int
+  timeout_s: float
+  max_retries: int
+
+  @classmethod
+  def from_config(cls, student) -> "Endpoint":
+    return cls(student.base_url.rstrip("/"), student.model, student.api_key_env,
+               student.max_concurrency, float(student.timeout_s), student.max_retries)
+
+  def where(self) -> str:
+    return f"the student server {self.base_url} (model {self.model!r})"
+
+  def headers(self) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if self.api_key_env:
+      headers["Authorization"] = f"Bearer {os.environ.get(self.api_key_env, '')}"
+    return headers
+
+
+class Retry(Exception):
+  """A fault worth retrying; args[0] is its counter in FAULTS, args[1] the server's wait (s)."""
+
+
+def _request(endpoint: Endpoint, path: str, body: dict | None = None) -> dict:
+  """One HTTP request -> the JSON reply; raises Retry or an UnavailableError / ConfigError."""
+  url = endpoint.base_url + path
+  data = None if body is None else json.dumps(body).encode()
+  request = urllib.request.Request(url, data=data, headers=endpoint.headers(),
+                                   method="GET" if body is None else "POST")
+  try:
+    with urllib.request.urlopen(request, timeout=endpoint.timeout_s) as reply:
+      return json.loads(reply.read())
+  except urllib.error.HTTPError as err:
+    detail = err.read()[:300].decode(errors="replace")
+    if err.code == 429:
+      raise Retry("rate_limited", _retry_after(err)) from None
+    if err.code >= 500:
+      raise Retry("server_errors", _retry_after(err)) from None
+    if err.code in (401, 403):
+      key = (f"the key in ${endpoint.api_key_env}" if endpoint.api_key_env
+             else "no key (config.student.api_key_env is empty)")
+      raise UnavailableError(f"{endpoint.where()} refused {key} (HTTP {err.code}): set a valid "
+                             "key in that environment variable.") from None
+    if err.code == 404:
+      raise ConfigError(f"{endpoint.where()} answered 404 for {path}: check config.student."
+                        f"base_url (it usually ends in /v1) and config.student.model. Server: "
+                        f"{detail}") from None
+    raise UnavailableError(f"{endpoint.where()} rejected the request (HTTP {err.code}): "
+                           f"{detail}") from None
+  except urllib.error.URLError as err:
+    reason = err.reason
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+      raise Retry("timeouts", 0.0) from None
+    if isinstance(reason, (ConnectionResetError, ConnectionAbortedError)):
+      raise Retry("dropped", 0.0) from None
+    raise UnavailableError(f"cannot reach {endpoint.where()}: {reason}. Start the server, or fix "
+                           "config.student.base_url.") from None
+  except (TimeoutError, socket.timeout):
+    raise Retry("timeouts", 0.0) from None
+  except (http.client.RemoteDisconnected, http.client.IncompleteRead, ConnectionResetError,
+          ConnectionAbortedError, json.JSONDecodeError):
+    raise Retry("dropped", 0.0) from None
+
+
+def _retry_after(err: urllib.error.HTTPError) -> float:
+  try:
+    return float(err.headers.get("Retry-After", 0))
+  except (TypeError, ValueError):
+    return 0.0
+
+
+def connect(endpoint: Endpoint) -> None:
+  """At start-up, before any teacher work: the key variable is set, the server answers and lists
+  the model. Each failure is one line (UnavailableError / ConfigError)."""
+  if endpoint.api_key_env and not os.environ.get(endpoint.api_key_env):
+    raise ConfigError(f"config.student.api_key_env={endpoint.api_key_env!r} names an environment "
+                      "variable that is not set: export it with the API key.")
+  try:
+    models = _request(endpoint, "/models")
+  except Retry as fault:
+    raise UnavailableError(f"{endpoint.where()} did not list its models ({fault.args[0]}): "
+                           "is it up?") from None
+  served = [m.get("id") for m in models.get("data", [])]
+  if endpoint.model not in served:
+    raise ConfigError(f"config.student.model={endpoint.model!r} is not served by "
+                      f"{endpoint.base_url}; it serves {served}.")
+
+
+class Answer(NamedTuple):
+  """The student's answer to one request, as the server returned it (or the journal kept it)."""
+  text: str
+  finish_reason: str        # "stop": the answer ended; "length": cut at max_tokens
+  prompt_tokens: int
+  completion_tokens: int
+
+
+class Counts:
+  """What a batch of requests cost: asked (sent and answered), journal hits, retries, faults
+  by kind, and the usage of the answers that were asked (what a paid API bills)."""
+
+  def __init__(self):
+    self.values = dict(asked=0, journal_hits=0, retries=0, prompt_tokens=0, completion_tokens=0,
+                       **{f: 0 for f in FAULTS})
+    self._lock = threading.Lock()
+
+  def add(self, **counts: int) -> None:
+    with self._lock:
+      for k, v in counts.items():
+        self.values[k] += v
+
+
+class ApiStudent:
+  """The student: greedy chat completions of `endpoint`, remembered in `journal`."""
+
+  def __init__(self, endpoint: Endpoint, journal: AnswerJournal, answer_len: int, prompt):
+    """prompt: config.prompt as the config gives it (turn contents and prompt.chat, before any
+    chat template is rendered): where the instruction goes (`conversation`)."""
+    self.endpoint, self.journal, self.prompt = endpoint, journal, prompt
+    self.settings = dict(temperature=0.0, max_tokens=int(answer_len))
+
+  def conversation(self, question: str, instruction: str) -> list[dict]:
+    """The chat turns of one request: `batches.student_messages`, with prompt.instruction_sep
+    between a non-empty instruction and the question, on the question's side."""
+    if instruction:
+      sep = self.prompt.instruction_sep
+      question_first = "{question}" in self.prompt.student_prefix
+      instruction = sep + instruction if question_first else instruction + sep
+    return student_messages(self.prompt, question, instruction)
+
+  def answer(self, conversations: list[list[dict]], progress=None) -> tuple[list[Answer], dict]:
+    """Greedy answers to each conversation, in order, and the `Counts` values of this call.
+    Journal hits are not asked; the same conversation twice is asked once; the rest go out
+    max_concurrency at a time, each appended to the journal as it arrives."""
+    counts = Counts()
+    model, settings = self.endpoint.model, self.settings
+    found = [self.journal.lookup(model, m, settings) for m in conversations]
+    todo = {}   # request key -> messages, for conversations not in the journal
+    for messages, row in zip(conversations, found):
+      if row is None:
+        todo.setdefault(json.dumps(messages, sort_keys=True), messages)
+    counts.add(journal_hits=sum(row is not None for row in found))
+    if progress is not None:
+      progress.update(sum(row is not None for row in found))
+    if todo:
+      with concurrent.futures.ThreadPoolExecutor(self.endpoint.max_concurrency) as pool:
+        futures = [pool.submit(self._ask, messages, counts) for messages in todo.values()]
+        try:
+          for future in concurrent.futures.as_completed(futures):
+            future.result()   # the first fatal fault stops the call (answers so far are kept)
+            if progress is not None:
+              progress.update(1)
+        except BaseException:
+          for f in futures:
+            f.cancel()
+          raise
+    rows = [self.journal.lookup(model, m, settings) for m in conversations]
+    return [Answer(r["text"], r["finish_reason"], r["prompt_tokens"], r["completion_tokens"])
+            for r in rows], dict(counts.values)
+
+  def _ask(self, messages: list[dict], counts: Counts) -> None:
+    """One request, retried on the faults worth it; the answer goes to the journal."""
+    body = dict(model=self.endpoint.model, messages=messages, stream=False, **self.settings)
+    for attempt in range(self.endpoint.max_retries + 1):
+      try:
+        reply = _request(self.endpoint, "/chat/completions", body)
+        break
+      except Retry as fault:
+        kind, wait = fault.args
+        counts.add(**{kind: 1})
+        if attempt == self.endpoint.max_retries:
+          raise UnavailableError(
+              f"{self.endpoint.where()}: a request failed {attempt + 1} times (last: {kind}); "
+              "the answers so far are in the journal, so rerunning resumes. Check the server, "
+              "or raise config.student.max_retries / timeout_s.") from None
+        counts.add(retries=1)
+        time.sleep(max(wait, min(BACKOFF_CAP_S, BACKOFF_S * 2 ** attempt)
+                       * random.uniform(0.5, 1.5)))
+    choice = reply["choices"][0]
+    usage = reply.get("usage") or {}
+    answer = dict(text=choice["message"].get("content") or "",
+                  finish_reason=choice.get("finish_reason") or "",
+                  prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                  completion_tokens=int(usage.get("completion_tokens", 0)))
+    self.journal.add(self.endpoint.model, messages, self.settings, answer)
+    counts.add(asked=1, prompt_tokens=answer["prompt_tokens"],
+               completion_tokens=answer["completion_tokens"])
+
+
+def make_student(config, workdir: Path) -> ApiStudent:
+  """The run's API student (config.student.backend == "openai"), its server checked and its
+  journal at workdir/student_answers.jsonl opened (process 0 writes it)."""
+  endpoint = Endpoint.from_config(config.student)
+  connect(endpoint)
+  journal = AnswerJournal(Path(workdir) / JOURNAL, writable=jax.process_index() == 0)
+  return ApiStudent(endpoint, journal, config.rollout.answer_len, config.prompt)
+
+
+def ask(student: ApiStudent, questions: list[str], instructions: list[str], progress=None):
+  """`student`'s answers to (question, instruction) rows -> (list[Answer], counts)."""
+  return student.answer([student.conversation(q, i) for q, i in zip(questions, instructions)],
+                        progress)
+
+
+def make_split_step(setup, tx, shardings):
+  """The WST step with an API student, split on the host: -> step(state, frozen, batch) ->
+  (state, metrics, samples), like the jitted `step.make_train_step` (same keys, same update).
+
+  1. the teacher writes k instructions per question (jitted `Phases.write`);
+  2. on the host: their text, each row's chat turns, the server's answers (`ApiStudent.answer`),
+     the verifier's reward;
+  3. old policy, reference, advantages and the PPO update (jitted `step.make_learn`).
+  """
+  config, rollout = setup.config, setup.rollout
+  k = config.ppo.group_size if config.ppo.advantage == "group" else 1
+  phases = make_phases(config, rollout, setup.roles, tx, reward_fn=None)
+  rep = sharding.replicated(setup.mesh)
+  teacher_fields = ("teacher_prompt", "teacher_prompt_mask")
+  write = jax.jit(lambda params, batch, rng: phases.write(params, batch, step_keys(rng)[1]),
+                  out_shardings=rep)
+  learn = jax.jit(make_learn(config, rollout, phases), donate_argnums=0,
+                  out_shardings=(shardings, rep, rep))
+
+  def step(state, frozen, batch):
+    host = jax.device_get(batch)
+    instruction = write(state.params, {f: batch[f] for f in teacher_fields}, state.rng)
+    ids, mask = (np.asarray(x) for x in jax.device_get(
+        strip_stop(instruction.tokens, instruction.mask, rollout.teacher_eos)))
+    texts = [setup.teacher_tokenizer.decode(r[m].tolist()) for r, m in zip(ids, mask)]
+    questions = [decode_text(q) for q in np.repeat(host["question"], k, axis=0)]
+    answers, counts = ask(setup.student_api, questions, texts)
+    gold = np.repeat(host["gold"], k, axis=0)
+    reward = rewards.verifier_scores(config.task.verifier, [a.text for a in answers],
+                                     [rewards.decode_gold(g) for g in gold])
+    answer_metrics = dict(
+        answer_len=np.float32(np.mean([a.completion_tokens for a in answers])),
+        answer_done=np.float32(np.mean([a.finish_reason == "stop" for a in answers])))
+    learn_batch = {f: v for f, v in batch.items() if f not in ("question", "gold")}
+    state, metrics, samples = learn(state, frozen, learn_batch, instruction,
+                                    jnp.asarray(reward), answer_metrics)
+    metrics = dict(metrics, **{f"student_{name}": value for name, value in counts.items()})
+    return state, metrics, samples
+
+  return step
