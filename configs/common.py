@@ -35,8 +35,10 @@ def base_config() -> ml_collections.ConfigDict:
                    model="", api_key_env="", max_concurrency=8, timeout_s=300.0, max_retries=4)
   c.pretrain = ml_collections.ConfigDict()  # filled by configs that use "pretrained:" models
 
-  c.task = dict(name="gsm8k", train_path="", eval_path="", eval_size=200, max_train=0,
-                verifier="gsm8k", skip_malformed=False)
+  # dev_size > 0: the eval split is dev_size training examples, held out of training (where
+  # settings are chosen); eval_size examples stay held out for the table all the same.
+  c.task = dict(name="gsm8k", train_path="", eval_path="", eval_size=200, dev_size=0,
+                max_train=0, verifier="gsm8k", skip_malformed=False)
 
   # The student prompt is [student_prefix][instruction][student_suffix], each formatted with the
   # question: the instruction's placement is a template. chat: "" = these texts are the whole

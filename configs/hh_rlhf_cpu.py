@@ -41,8 +41,11 @@ def get_config(arg: str = ""):
   # Held-out pairwise accuracy (200 pairs, 2 busy CPU cores): fresh 2 epochs 0.675 (5.5 min),
   # fresh 3 epochs 0.635, student 3 epochs 0.580 (both overfit: train 0.83). Chosen on these
   # same 200 pairs, so 0.675 is an optimistic estimate.
+  # recipe "full" trains every weight ("head": a head on the frozen backbone's features, see
+  # wst_jax.reward_model); backbone "" is the student.
   c.reward_model = dict(
-      cache_dir=c.pretrain.cache_dir, init="fresh", response_len=64, num_buckets=4,
+      cache_dir=c.pretrain.cache_dir, recipe="full", backbone="", init="fresh", response_len=64,
+      num_buckets=4,
       batch_size=32, num_epochs=2,
       optim=dict(learning_rate=3e-4, warmup_steps=10, final_lr_fraction=0.1, b1=0.9, b2=0.98,
                  weight_decay=0.01, max_grad_norm=1.0))

@@ -355,3 +355,17 @@ def test_real_files_parse():
       assert e["prompt"].endswith("\n\nAssistant:")
       assert (e["prompt"] + e["chosen"], e["prompt"] + e["rejected"]) == (row["chosen"],
                                                                           row["rejected"])
+
+
+def test_dev_size_takes_the_eval_split_from_training_and_keeps_the_held_out_apart():
+  from configs import hh_rlhf_cpu
+  config = hh_rlhf_cpu.get_config()
+  table = load_task(config.task)
+  config.task.dev_size = 50
+  dev = load_task(config.task)
+  key = lambda examples: {e["question"] + e["chosen"] for e in examples}
+  assert len(dev.eval) == 50
+  assert key(dev.eval) <= key(table.train)              # dev dialogues are training ones,
+  assert not key(dev.eval) & key(table.eval)            # never the table's,
+  assert not key(dev.eval) & key(dev.train)             # and out of training
+  assert key(dev.train) | key(dev.eval) == key(table.train)

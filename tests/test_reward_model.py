@@ -252,3 +252,34 @@ def test_configs_validate():
   bad.data.question_len = -1
   with pytest.raises(ValueError, match="config.data.question_len"):
     validate(bad)
+
+
+def test_head_recipe_fits_a_head_on_frozen_features_its_l2_chosen_on_dev(tmp_path):
+  """Recipe "head": the backbone's weights are the student's, untouched; the L2 strength is the
+  best on the dev split of the training pairs; the saved folder's in-graph score is the features'
+  score (the held-out accuracy and loss the report states)."""
+  paths = tiny_world.make(tmp_path / "world")
+  config = tiny_config(tmp_path, paths, write_pairs(tmp_path / "harmless-base-test.jsonl.gz",
+                                                    hh_pairs(40)))
+  config.reward_model.update(recipe="head", head=dict(dev_fraction=0.25, l2=[1e-4, 1.0],
+                                                      steps=300, learning_rate=1e-2))
+  folder = experiment.resolve_model_ref(config.reward.model_path, config)
+  report = json.loads((folder / reward_model.REPORT).read_text())
+  dev = report["dev"]
+  assert report["chosen_l2"] == max([1e-4, 1.0], key=lambda l2: (dev[str(l2)]["accuracy"], l2))
+  assert report["after"]["train"]["loss"] < report["before"]["train"]["loss"]
+  assert report["after"]["train"]["accuracy"] > 0.9   # the synthetic pairs are separable
+  assert report["peak_rss_gib"] > 0 and report["feature_seconds"] > 0
+  ours = checkpoints.load_reward_model(folder)
+  student = checkpoints.load_decoder(paths["student"], tie_word_embeddings=True)
+  for a, b in zip(jax.tree.leaves(nnx.state(ours.lm, nnx.Param)),
+                  jax.tree.leaves(nnx.state(student, nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  tok = checkpoints.load_tokenizer(folder)
+  chosen, rejected, _ = reward_model.pair_rows(reward_model.pairs(config).eval, tok,
+                                               config.data.question_len,
+                                               config.reward_model.response_len)
+  in_graph = reward_model.evaluate_pairs(ours, reward_model.pair_batches(chosen, rejected, 4, 1,
+                                                                         tok.pad_token_id))
+  assert in_graph["accuracy"] == report["after"]["held_out"]["accuracy"]
+  assert in_graph["loss"] == pytest.approx(report["after"]["held_out"]["loss"], rel=1e-4)

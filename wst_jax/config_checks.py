@@ -57,6 +57,10 @@ def validate(config) -> None:
   for field in UNIT_INTERVAL:
     if not 0 < _get(config, field) <= 1:
       raise ConfigError(f"config.{field}={_get(config, field)!r} must be in (0, 1].")
+  if _get(config, "task.dev_size") < 0 or (config.task.dev_size and
+                                           config.task.name == "synthetic"):
+    raise ConfigError(f"config.task.dev_size={config.task.dev_size} must be >= 0, and 0 for the "
+                      "synthetic task (its eval problems are their own stream).")
   if _get(config, "data.question_len") < 0:
     raise ConfigError(f"config.data.question_len={config.data.question_len} must be >= 0 "
                       "(0 = never cut a question).")

@@ -135,6 +135,11 @@ class Setup:
   def _reward_fn(self):
     if self.config.reward.kind == "verifier":
       return rewards.verifier_reward(self.config.task.verifier, self.tokenizer, self.mesh)
+    judge = checkpoints.load_tokenizer(self.paths["reward_model"])
+    if judge.get_vocab() != self.tokenizer.get_vocab():
+      raise ConfigError(f"config.reward.model_path={self.config.reward.model_path!r} has another "
+                        "tokenizer than the student's, but the step's reward model reads the "
+                        "student's ids: build it on the student (config.reward_model.backbone='').")
     model = checkpoints.load_reward_model(self.paths["reward_model"], mesh=self.mesh)
     rm_def, rm_params = nnx.split(model, nnx.Param)
     self.frozen["reward_model"] = rm_params

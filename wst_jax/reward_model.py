@@ -32,6 +32,7 @@ import functools
 import json
 import logging
 import math
+import resource
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
@@ -48,9 +50,13 @@ from wst_jax.data import batches as data_batches
 from wst_jax.data.registry import Task, load_task
 from wst_jax.errors import ConfigError, run_command
 from wst_jax.models import Decoder, ScalarHeadLM, positions_from_mask
+from wst_jax.sampling import prefill
 
 REPORT = "reward_model.json"
 INITS = ("student", "fresh")
+# "full": every weight trained (init from the backbone or fresh); "head": the backbone frozen,
+# its features computed once per row, a linear head fitted on them (`fit_head`).
+RECIPES = ("full", "head")
 REFERENCE = model_refs.PRETRAINED + "reward_model"  # how a config names the model built here
 
 # ------------------------------------------------------------------------------ config
@@ -67,6 +73,16 @@ def validate(config) -> None:
                       "preference pairs; use task 'hh_rlhf'.")
   if rm.init not in INITS:
     raise ConfigError(f"config.reward_model.init={rm.init!r}; choose one of {INITS}.")
+  recipe = rm.get("recipe", "full")
+  if recipe not in RECIPES:
+    raise ConfigError(f"config.reward_model.recipe={recipe!r}; choose one of {RECIPES}.")
+  if recipe == "head":
+    if rm.init != "student":
+      raise ConfigError("config.reward_model.recipe='head' trains a head on the backbone's own "
+                        "features: set config.reward_model.init='student'.")
+    if not 0 < rm.head.dev_fraction < 1 or not rm.head.l2:
+      raise ConfigError("config.reward_model.head needs dev_fraction in (0, 1) and a non-empty "
+                        f"l2 list (the candidates chosen on dev); got {rm.head.to_dict()}.")
   positive = {f: rm[f] for f in ("num_epochs", "batch_size", "response_len", "num_buckets")}
   positive.update({f"optim.{f}": rm.optim[f] for f in ("learning_rate", "max_grad_norm")})
   for field, value in positive.items():
@@ -99,27 +115,38 @@ def cache_key(config, student_key: str) -> str:
 
 def pairs(config) -> Task:
   """The task's train / eval split of the pairs (every train pair: task.max_train only limits
-  the WST training prompts)."""
-  task_cfg = ConfigDict(dict(config.task.to_dict(), max_train=0))
+  the WST training prompts; the eval split is the table's held-out pairs, also for a config
+  whose task.dev_size makes its own eval split a dev one: one reward model for both)."""
+  task_cfg = ConfigDict(dict(config.task.to_dict(), max_train=0, dev_size=0))
   return load_task(task_cfg, config.seed)
 
 
-def pair_rows(examples: list[dict], tokenizer, question_len: int, response_len: int):
-  """-> (chosen rows, rejected rows: lists of student ids, see the module doc), and the counts of
-  cut dialogues and cut responses."""
+def pair_parts(examples: list[dict], tokenizer, question_len: int, response_len: int):
+  """-> (dialogues, chosen responses, rejected responses: lists of ids, each response with its
+  eos and cut to its first response_len tokens; see the module doc), and the counts of cut
+  dialogues and cut responses."""
   examples, cut_questions = data_batches.truncate_questions(examples, tokenizer, question_len)
-  rows, cut_responses = {"chosen": [], "rejected": []}, 0
+  parts, cut_responses = {"chosen": [], "rejected": []}, 0
   for e in examples:
-    dialogue = data_batches.segment_ids(tokenizer, e["question"])
-    for side, out in rows.items():
+    for side, out in parts.items():
       response = data_batches.segment_ids(tokenizer, e[side]) + [tokenizer.eos_token_id]
       cut_responses += len(response) > response_len
-      out.append(dialogue + response[:response_len])
+      out.append(response[:response_len])
   if cut_responses:
     logging.info("%d of %d responses are longer than config.reward_model.response_len=%d tokens "
                  "(eos included): each keeps its first ones.", cut_responses, 2 * len(examples),
                  response_len)
-  return rows["chosen"], rows["rejected"], {"questions": cut_questions, "responses": cut_responses}
+  dialogues = [data_batches.segment_ids(tokenizer, e["question"]) for e in examples]
+  return (dialogues, parts["chosen"], parts["rejected"],
+          {"questions": cut_questions, "responses": cut_responses})
+
+
+def pair_rows(examples: list[dict], tokenizer, question_len: int, response_len: int):
+  """-> (chosen rows, rejected rows: [dialogue][response] lists of ids, `pair_parts`), and the
+  counts of cut dialogues and cut responses."""
+  dialogues, chosen, rejected, cut = pair_parts(examples, tokenizer, question_len, response_len)
+  return ([d + c for d, c in zip(dialogues, chosen)], [d + r for d, r in zip(dialogues, rejected)],
+          cut)
 
 
 def bucket_lengths(longest: int, num_buckets: int) -> list[int]:
@@ -203,16 +230,125 @@ def evaluate_pairs(model: ScalarHeadLM, batches: list[dict], desc: str = "") -> 
           "loss": float(np.mean(np.logaddexp(0.0, -margin))), "n": int(margin.size)}
 
 
+# ------------------------------------------------------------------------------ recipe "head"
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _pair_features(graphdef, state, dialogue, dialogue_mask, responses, response_mask):
+  lm = nnx.merge(graphdef, state)
+  hidden = prefill(lm, dialogue, dialogue_mask, repeats=2, rest=responses,
+                   rest_mask=response_mask).hidden
+  last = jnp.sum(response_mask, axis=1)   # hidden[:, j] is at the response's j-th token
+  return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+
+
+def pair_features(lm: Decoder, dialogues, chosen, rejected, batch_size: int, num_buckets: int,
+                  pad_id: int) -> np.ndarray:
+  """The frozen backbone's features of every pair -> f32[N, 2, D] (chosen, rejected): each row's
+  final hidden state at its last token, where a reward model reads its score. The dialogue runs
+  once for its two responses (`sampling.prefill`), in batches of batch_size pairs, each in the
+  shortest of `bucket_lengths` that holds its dialogues; responses right-padded to the longest.
+  """
+  graphdef, state = nnx.split(lm)
+  lengths = np.array([len(d) for d in dialogues])
+  bucket_of = np.searchsorted(bucket_lengths(int(lengths.max()), num_buckets), lengths)
+  width = max(map(len, chosen + rejected))
+  out = np.zeros((len(dialogues), 2, lm.cfg.hidden_size), np.float32)
+  with tqdm(total=len(dialogues), desc="backbone features", leave=False) as bar:
+    for b, length in enumerate(bucket_lengths(int(lengths.max()), num_buckets)):
+      members = np.flatnonzero(bucket_of == b)
+      for start in range(0, len(members), batch_size):
+        chunk = members[start:start + batch_size]
+        rows = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[0])])
+        ids, mask = data_batches.left_pad([dialogues[i] for i in rows], length, pad_id,
+                                          "reward_model bucket")
+        responses = [r for i in rows for r in (chosen[i], rejected[i])]
+        r_ids = np.full((len(responses), width), pad_id, np.int32)
+        r_mask = np.zeros((len(responses), width), bool)
+        for j, r in enumerate(responses):
+          r_ids[j, :len(r)], r_mask[j, :len(r)] = r, True
+        features = jax.device_get(_pair_features(graphdef, state, ids, mask, r_ids, r_mask))
+        out[chunk] = np.asarray(features).reshape(batch_size, 2, -1)[:len(chunk)]
+        bar.update(len(chunk))
+  return out
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def fit_head(features, l2, steps: int, learning_rate: float):
+  """A Bradley-Terry head on frozen features f32[N, 2, D]: w f32[D] minimizing
+  mean softplus(-(f_chosen - f_rejected) . w) + l2 |w|^2, full batch, `steps` Adam steps from 0."""
+  diff = features[:, 0] - features[:, 1]
+  tx = optax.adam(learning_rate)
+
+  def loss(w):
+    return jnp.mean(jax.nn.softplus(-diff @ w)) + l2 * jnp.sum(w * w)
+
+  def step(carry, _):
+    w, opt_state = carry
+    updates, opt_state = tx.update(jax.grad(loss)(w), opt_state)
+    return (optax.apply_updates(w, updates), opt_state), None
+
+  w = jnp.zeros(features.shape[-1], jnp.float32)
+  (w, _), _ = jax.lax.scan(step, (w, tx.init(w)), None, length=steps)
+  return w
+
+
+def feature_pairs(features: np.ndarray, w: np.ndarray) -> dict:
+  """-> {"accuracy", "loss", "n"} of head w f32[D] on features f32[N, 2, D], as `evaluate_pairs`."""
+  margin = (features[:, 0] - features[:, 1]) @ np.asarray(w, np.float32)
+  return {"accuracy": float(np.mean((margin > 0) + 0.5 * (margin == 0))),
+          "loss": float(np.mean(np.logaddexp(0.0, -margin))), "n": int(margin.size)}
+
+
+def train_head(model: ScalarHeadLM, parts: dict, config, pad_id: int) -> dict:
+  """Recipe "head": the backbone frozen, a linear head fitted on its features. The L2 strength is
+  chosen on a dev split (reward_model.head.dev_fraction) of the training pairs, never on the
+  held-out ones; the head is then fitted on every training pair and written into `model.head`.
+  parts: split -> (dialogues, chosen, rejected) (`pair_parts`). -> the report's entries."""
+  rm, head = config.reward_model, config.reward_model.head
+  start = time.time()
+  features = {name: pair_features(model.lm, *p, rm.batch_size, rm.num_buckets, pad_id)
+              for name, p in parts.items()}
+  feature_s = time.time() - start
+  order = np.random.default_rng(config.seed).permutation(len(features["train"]))
+  n_dev = max(1, round(head.dev_fraction * len(order)))
+  dev, fit = features["train"][order[:n_dev]], features["train"][order[n_dev:]]
+  fitted = lambda f, l2: np.asarray(fit_head(jnp.asarray(f), l2, head.steps, head.learning_rate))
+  on_dev = {str(l2): feature_pairs(dev, fitted(fit, l2)) for l2 in head.l2}
+  # The best dev accuracy; among ties, the strongest L2 (the simplest head).
+  chosen = max(head.l2, key=lambda l2: (on_dev[str(l2)]["accuracy"], l2))
+  before = model.head.kernel.get_value()[:, 0]
+  w = fitted(features["train"], chosen)
+  model.head.kernel.set_value(jnp.asarray(w[:, None], model.head.kernel.get_value().dtype))
+  return {"before": {name: feature_pairs(f, before) for name, f in features.items()},
+          "after": {name: feature_pairs(f, w) for name, f in features.items()},
+          "dev": on_dev, "chosen_l2": chosen, "feature_seconds": feature_s}
+
+
 # ------------------------------------------------------------------------------ build
 
 
 def build(config, student_path: Path, folder: Path) -> None:
-  """Trains the reward model from the student's folder; writes it (HF folder + tokenizer) and
-  REPORT into `folder`."""
+  """Trains the reward model from the backbone's folder (`student_path`: the student's, or
+  reward_model.backbone) by reward_model.recipe; writes it (HF folder + tokenizer) and REPORT
+  into `folder`."""
   start = time.time()
   rm = config.reward_model
   tokenizer = checkpoints.load_tokenizer(student_path)
   task = pairs(config)
+  if rm.get("recipe", "full") == "head":
+    model = initial_model(student_path, rm.init, config.seed)
+    parts, cut = {}, {}
+    for name, examples in [("train", task.train), ("held_out", task.eval)]:
+      *parts[name], cut[name] = pair_parts(examples, tokenizer, config.data.question_len,
+                                           rm.response_len)
+    report = train_head(model, parts, config, tokenizer.pad_token_id)
+    checkpoints.save_reward_model(model, folder, tokenizer)
+    report.update(config=rm.to_dict(), backbone=str(student_path),
+                  question_len=config.data.question_len, truncated=cut,
+                  seconds=time.time() - start, peak_rss_gib=peak_rss_gib())
+    (folder / REPORT).write_text(json.dumps(report, indent=2))
+    return
   rows, cut = {}, {}
   for name, examples in [("train", task.train), ("held_out", task.eval)]:
     chosen, rejected, cut[name] = pair_rows(examples, tokenizer, config.data.question_len,
@@ -235,15 +371,26 @@ def build(config, student_path: Path, folder: Path) -> None:
             "before": before, "after": after,
             "epoch_loss": [float(np.mean(losses[i:i + steps_per_epoch]))
                            for i in range(0, len(losses), steps_per_epoch)],
-            "seconds": time.time() - start}
+            "seconds": time.time() - start, "peak_rss_gib": peak_rss_gib()}
   (folder / REPORT).write_text(json.dumps(report, indent=2))
 
 
+def peak_rss_gib() -> float:
+  """This process's peak resident memory so far, GiB (Linux: ru_maxrss is in KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def backbone_ref(config) -> str:
+  """The model reference the reward model is built from: config.reward_model.backbone, or (unset
+  or "") the student's, config.student.path."""
+  return str(config.reward_model.get("backbone") or config.student.path)
+
+
 def student_identity(config, student: Path) -> str:
-  """What the student (config.student.path, resolved to `student`) is, for `cache_key`: a
+  """What the backbone (`backbone_ref`, resolved to `student`) is, for `cache_key`: a
   "pretrained:" one by its pretraining config (any clone and cache_dir finds the entry), any
   other by its resolved path."""
-  ref = str(config.student.path)
+  ref = backbone_ref(config)
   if ref.startswith(model_refs.PRETRAINED):
     return f"{ref}@{pretrain.cache_key(config.pretrain)}"
   return str(student.expanduser().resolve())
@@ -253,7 +400,7 @@ def ensure_reward_model(config) -> Path:
   """-> the reward model's HF folder under config.reward_model.cache_dir, built once from the
   student's folder (atomically: `cache.build_once`)."""
   validate(config)
-  student = model_refs.resolve(config.student.path, config)
+  student = model_refs.resolve(backbone_ref(config), config)
   final = (Path(config.reward_model.cache_dir).expanduser() / "reward_model"
            / cache_key(config, student_identity(config, student)))
   return cache.build_once(final, REPORT, lambda folder: build(config, student, folder))

@@ -38,7 +38,8 @@ def load_task(task_cfg, seed: int = 0) -> Task:
 
   With task.eval_path the eval examples come from that file (a seeded subset of task.eval_size
   rows; 0 = all), else task.eval_size rows of task.train_path are held out (the only choice for
-  MATH-500 and the harmless-base test file, which are single splits).
+  MATH-500 and the harmless-base test file, which are single splits). With task.dev_size the
+  eval examples are dev_size of the remaining training examples instead (a `:dev` config).
   """
   name = task_cfg.name
   if name == "synthetic":
@@ -52,6 +53,10 @@ def load_task(task_cfg, seed: int = 0) -> Task:
     evals = load_eval_examples(task_cfg, seed)
   else:
     train, evals = tasks.split_train_eval(train, eval_size=task_cfg.eval_size, seed=seed)
+  if task_cfg.dev_size:
+    # The split settings are chosen on: dev_size training examples in place of the held-out
+    # ones (which no run of this config then reads), and out of training.
+    train, evals = tasks.split_train_eval(train, eval_size=task_cfg.dev_size, seed=seed + 1)
   if task_cfg.max_train:
     train = tasks.shuffle(train, seed)[:task_cfg.max_train]
   if not train or not evals:
