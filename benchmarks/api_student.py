@@ -5,7 +5,7 @@ template, no instruction, greedy, a --budget-token answer budget), on this machi
   * "jax queued": our `generate_queued` in bf16 (f32 accumulation) with --slots slots, as the
     evaluation answers (compile time left out, reported beside);
   * "server, concurrency C" for each C of --concurrency: `transformers serve` of the same model
-    folder (--dtype, CPU), asked through `student_api.ApiStudent` (the path a WST run takes, a
+    folder (--dtype, CPU), asked through `student_api.ApiStudent.ask` (the path a WST run takes, a
     fresh in-memory journal each time) with C requests in flight; with --continuous-batching,
     the same again on a server started with `--continuous-batching`.
 
@@ -45,7 +45,7 @@ from wst_jax.data import assets, batches  # noqa: E402
 from wst_jax.data.tasks import read_gsm8k  # noqa: E402
 from wst_jax.records import AnswerJournal  # noqa: E402
 from wst_jax.sampling import generate_queued  # noqa: E402
-from wst_jax.student_api import ApiStudent, Endpoint, ask  # noqa: E402
+from wst_jax.student_api import ApiStudent, Endpoint  # noqa: E402
 
 STUDENT = "qwen2.5-coder-0.5b-instruct"
 PROMPT = ConfigDict(dict(batches.PLACEMENTS["user_after"]))
@@ -95,7 +95,7 @@ def run_server(server, questions, concurrency: int, args) -> tuple[list[str], di
   student = ApiStudent(endpoint, AnswerJournal(None), args.budget, PROMPT)
   before, t0 = load(), time.perf_counter()
   with tqdm(total=len(questions), desc=f"server, concurrency {concurrency}", leave=False) as bar:
-    answers, counts = ask(student, [q["question"] for q in questions], [""] * len(questions), bar)
+    answers, counts = student.ask([q["question"] for q in questions], [""] * len(questions), bar)
   seconds = time.perf_counter() - t0
   return [a.text for a in answers], dict(
       seconds=seconds, answers_per_minute=60 * len(questions) / seconds, concurrency=concurrency,

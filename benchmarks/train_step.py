@@ -53,7 +53,8 @@ from wst_jax.data import batches  # noqa: E402
 from wst_jax.experiment import Setup, init_state  # noqa: E402
 from wst_jax.optim import optimizer  # noqa: E402
 from wst_jax.sampling import generate_queued  # noqa: E402
-from wst_jax.step import make_phases, make_train_step, student_prompts  # noqa: E402
+from wst_jax.step import (instructions_per_question, make_phases, make_train_step,  # noqa: E402
+                          student_prompts)
 
 MAX_RATIO = 1.5   # the step's seconds per answer over the evaluation's
 PREFILL_ROWS = 4096  # rows of the matmul that measures the prefill's bf16 rate
@@ -107,7 +108,7 @@ def phases_at(setup, rollout, state, frozen, batch, tx, rates) -> dict:
   the step, so `vs_floor` shows what a version wastes."""
   config = setup.config
   tcfg, scfg = rates["teacher_cfg"], rates["student_cfg"]
-  k = config.ppo.group_size if config.ppo.advantage == "group" else 1
+  k = instructions_per_question(config)
   phases = make_phases(config, rollout, setup.roles, tx, setup.reward_fn)
   one = dataclasses.replace(rollout, instruction_len=1, answer_len=1)
   phases_one = make_phases(config, one, setup.roles, tx, setup.reward_fn)
@@ -230,7 +231,7 @@ def main():
   tx = optimizer(config)
   frozen = setup.training_frozen()
   state, _ = init_state(setup, tx)
-  k = config.ppo.group_size if config.ppo.advantage == "group" else 1
+  k = instructions_per_question(config)
   answers = config.train.batch_size * k
   tcfg = nnx.merge(setup.roles.reference, frozen["reference"]).cfg
   scfg = nnx.merge(setup.roles.student, frozen["student"]).cfg

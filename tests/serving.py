@@ -183,14 +183,21 @@ def serve(folder, *, port: int | None = None, dtype: str = "float32", device: st
 
 # -------------------------------------------------------------------------------- fault proxy
 
-FAULT_STATUSES = {"429": "rate_limit_exceeded", "500": "server_error", "502": "bad_gateway",
-                  "503": "service_unavailable"}
+FAULT_STATUSES = {"401": "invalid_api_key", "429": "rate_limit_exceeded", "500": "server_error",
+                  "502": "bad_gateway", "503": "service_unavailable"}
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
                "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
 
 
+# Replies with status 200 that are not a chat completion.
+BAD_REPLIES = {
+    "html": ("text/html", b"<html><body>Welcome to the model portal</body></html>"),
+    "nochoices": ("application/json", b'{"error": {"message": "overloaded"}}'),
+}
+
+
 def _check_action(action: str) -> str:
-  if action in ("ok", "drop") or action in FAULT_STATUSES:
+  if action in ("ok", "drop") or action in FAULT_STATUSES or action in BAD_REPLIES:
     return action
   if action.startswith("delay:"):
     float(action.split(":", 1)[1])
@@ -206,8 +213,9 @@ class FaultProxy:
   stream arrives at once). If the upstream cannot be reached it answers 502.
 
   `plan(actions)` queues actions, consumed one per request whose path ends with one of
-  `fault_paths` (default: chat completions): "ok" forwards; "429" / "500" / "502" / "503"
-  answer that status with an OpenAI-style JSON error body without forwarding; "delay:S" waits
+  `fault_paths` (default: chat completions): "ok" forwards; "401" / "429" / "500" / "502" / "503"
+  answer that status with an OpenAI-style JSON error body without forwarding; "html" and
+  "nochoices" answer 200 with a web page / a JSON body without choices; "delay:S" waits
   S seconds, then forwards; "drop" closes the connection without any response. Once the plan
   is used up requests are forwarded.
 
@@ -303,6 +311,9 @@ class FaultProxy:
           return self._reply(int(action), [("Content-Type", "application/json")], json.dumps(
               {"error": {"message": f"fault injected by FaultProxy: {action}",
                          "type": FAULT_STATUSES[action], "code": int(action)}}).encode())
+        if action in BAD_REPLIES:
+          kind, data = BAD_REPLIES[action]
+          return self._reply(200, [("Content-Type", kind)], data)
         if action.startswith("delay:"):
           if proxy._stopping.wait(float(action.split(":", 1)[1])):
             return

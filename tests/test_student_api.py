@@ -116,6 +116,7 @@ def test_a_rerun_of_the_same_steps_asks_nothing(world, run_a, tmp_path):
   again = metrics(tmp_path)
   assert learned(again) == learned(first) == learned(metrics(run_a))[:2]
   assert all(r["student_asked"] == 0 and r["student_journal_hits"] == 8 for r in again)
+  assert all(r["student_hit_rate"] == 1.0 for r in again)
 
 
 def test_faults_are_retried_counted_and_change_nothing(world, run_a, tmp_path, monkeypatch):
@@ -166,9 +167,35 @@ def test_a_server_killed_mid_step_is_one_clear_error_and_the_resume_finishes(wor
   assert KEY not in journal.read_text()
 
 
+@pytest.mark.parametrize("fault,kind,words", [
+    ("401", errors.UnavailableError, f"refused the key in \\${KEY_ENV}"),
+    ("html", errors.ConfigError, "not JSON"),
+    ("nochoices", errors.UnavailableError, "without an answer"),
+])
+def test_a_fault_retrying_cannot_fix_stops_at_once_in_one_line(world, tmp_path, fault, kind,
+                                                               words):
+  server = world[2]
+  with serving.FaultProxy(server.base_url) as proxy:
+    proxy.plan(["ok", fault])
+    config = api_config(world, proxy.base_url, max_concurrency=1)
+    student = ApiStudent(Endpoint.from_config(config.student), AnswerJournal(tmp_path / "j.jsonl"),
+                         8, config.prompt)
+    questions = [q["question"] for q in tiny_world.questions(3, 3)]
+    with pytest.raises(kind, match=words) as err:
+      student.ask(questions, [""] * 3)
+    assert proxy.count("/v1/chat/completions") == 2   # the third was never sent
+  message = str(err.value)
+  assert "\n" not in message and KEY not in message and proxy.base_url in message
+  assert len(AnswerJournal(tmp_path / "j.jsonl")) == 1   # the answer before the fault is kept
+
+
 def test_start_up_errors_are_one_line_naming_the_field(world, tmp_path, monkeypatch):
   from wst_jax.experiment import Setup
   server = world[2]
+  config = api_config(world, server.base_url)
+  config.student.backend = "jax"
+  with pytest.raises(errors.ConfigError, match="backend='openai'"):
+    Setup(config, training=False, workdir=tmp_path)
   cases = [
       (dict(base_url="ftp://127.0.0.1:1/v1"), errors.ConfigError, "config.student.base_url"),
       (dict(model="no-such-model"), errors.ConfigError, "is not served by"),
@@ -225,8 +252,9 @@ def test_served_answers_match_ours_in_jax_at_f32(world):
   student = ApiStudent(Endpoint.from_config(config.student),
                        AnswerJournal(None, writable=False), 16, config.prompt)
   questions = [q["question"] for q in tiny_world.questions(8, 2)]
-  conversations = [student.conversation(q, i) for q, i in zip(questions, tiny_world.PHRASES * 2)]
-  served, _ = student.answer(conversations)
+  instructions = list(tiny_world.PHRASES * 2)
+  conversations = [student.conversation(q, i) for q, i in zip(questions, instructions)]
+  served, _ = student.ask(questions, instructions)
   model = checkpoints.load_decoder(paths["student"], dtype="float32", param_dtype="float32")
   prompts = [tokenizer.apply_chat_template(c, tokenize=True, add_generation_prompt=True,
                                            return_dict=False) for c in conversations]
@@ -268,15 +296,19 @@ def test_conversation_is_the_jax_students_prompt_in_each_placement(world):
 
 def test_records_drop_a_torn_line_and_the_journal_keys_by_the_request(tmp_path):
   path = tmp_path / "r.jsonl"
-  with JsonlRecords(path, "index") as records:
-    records.append(dict(index=0, answer="a"))
-    records.append(dict(index=1, answer="b"))
+  records = JsonlRecords(path, "index")
+  records.append(dict(index=0, answer="a"))
+  records.append(dict(index=1, answer="b"))
+  records.close()
   path.write_text(path.read_text() + '{"index": 2, "ans')   # a crash mid-line
   records = JsonlRecords(path, "index")
   assert sorted(records.rows) == [0, 1] and path.read_text().endswith("}\n")
   records.append(dict(index=2, answer="c"))
   records.close()
   assert sorted(JsonlRecords(path, "index", writable=False).rows) == [0, 1, 2]
+  path.write_text(path.read_text() + "not json\n")
+  with pytest.raises(errors.ConfigError, match="line 4"):
+    JsonlRecords(path, "index")
   messages = [{"role": "user", "content": "q"}]
   settings = dict(temperature=0.0, max_tokens=8)
   journal = AnswerJournal(tmp_path / "j.jsonl")

@@ -79,6 +79,11 @@ def validate(config) -> None:
                       "use reward.kind='reward_model'.")
   if config.student.backend == "openai":
     _check_api_student(config)
+  elif config.student.base_url or config.student.model:
+    raise ConfigError(f"config.student.base_url={config.student.base_url!r} / model="
+                      f"{config.student.model!r} are set, but config.student.backend='jax' "
+                      "answers with the decoder at config.student.path: set backend='openai' "
+                      "to ask the server.")
   for field, source in _data_sources(config).items():
     try:
       assets.resolve(source)

@@ -35,7 +35,7 @@ from wst_jax.data.registry import load_eval_examples
 from wst_jax.experiment import (Setup, checkpoint_manager, init_state, on_every_process,
                                 restore_or_init)
 from wst_jax.optim import optimizer
-from wst_jax.prompting import strip_stop
+from wst_jax.prompting import instruction_texts, strip_stop
 from wst_jax.records import JsonlRecords
 from wst_jax.sampling import Generation, generate, generate_queued
 from wst_jax.stats import bootstrap_interval, paired_comparison, paired_text
@@ -81,8 +81,9 @@ class SourceResult(NamedTuple):
   answers: list[str]             # the student's answer, per row
   instruction_tokens: np.ndarray  # int[N]  in teacher tokens
   answer_tokens: np.ndarray       # int[N]  in student tokens, the stop token included
-  # An API student's requests for this row (`student_api.Counts`); {} for a JAX student.
-  student_requests: dict = {}
+  # An API student's requests for this row (`student_api.Counts`); None for a JAX student or
+  # a row read back from its record.
+  student_requests: dict | None = None
 
 
 def _texts(tokenizer, ids: np.ndarray, masks: np.ndarray) -> list[str]:
@@ -176,9 +177,10 @@ def run_source(setup, arrays, source: str, teacher=(None, None), desc: str = "",
                          answer_tokens=int(answer_tokens[j])))
 
     # 2. Answers of the rows not recorded, each scored and recorded as it ends.
-    counts = {}
+    counts = None
     if len(todo) and setup.student_api is not None:
-      counts = _answer_by_api(setup, arrays, todo, instructions, desc or source, keep)
+      sent = instruction_texts(setup.teacher_tokenizer, ids, masks)   # special tokens left out
+      counts = _answer_by_api(setup, arrays, todo, sent, desc or source, keep)
     elif len(todo):
       _answer_in_jax(setup, arrays, todo, *prompts, desc or source, keep)
   finally:
@@ -218,23 +220,17 @@ def _answer_in_jax(setup, arrays, todo, prompts, prompt_masks, desc: str, keep) 
 
 
 def _answer_by_api(setup, arrays, todo, instructions: list[str], desc: str, keep) -> dict:
-  """The API student's answers to rows `todo` (`student_api.ask`, the journal first), scored by
-  the verifier; keep(rows, texts, reward, tokens). -> the requests' counts. Rows are asked in
-  chunks of config.eval.batch_size, so that what is answered is recorded as it goes."""
-  config = setup.config
-  counts = collections.Counter()
-  with tqdm(total=len(todo), desc=desc, leave=False) as bar:
-    for start in range(0, len(todo), config.eval.batch_size):
-      idx = todo[start:start + config.eval.batch_size]
-      answers, asked = student_api.ask(
-          setup.student_api, [batches.decode_text(q) for q in arrays["question"][idx]],
-          [instructions[i] for i in idx], bar)
-      counts.update(asked)
-      texts = [a.text for a in answers]
-      reward = rewards.verifier_scores(config.task.verifier, texts,
-                                       [rewards.decode_gold(g) for g in arrays["gold"][idx]])
-      keep(idx, texts, reward, [a.completion_tokens for a in answers])
-  return dict(counts)
+  """The API student's answers to rows `todo` (`ApiStudent.ask`: the journal first, each answer
+  journaled as it arrives), scored by the verifier; keep(rows, texts, reward, tokens). -> the
+  requests' counts."""
+  answers, counts = setup.student_api.ask(
+      [batches.decode_text(q) for q in arrays["question"][todo]],
+      [instructions[i] for i in todo], tqdm(total=len(todo), desc=desc, leave=False))
+  texts = [a.text for a in answers]
+  reward = rewards.verifier_scores(setup.config.task.verifier, texts,
+                                   [batches.decode_text(g) for g in arrays["gold"][todo]])
+  keep(todo, texts, reward, [a.completion_tokens for a in answers])
+  return counts
 
 
 def _result(rows: list[dict], counts: dict | None = None) -> SourceResult:
@@ -242,7 +238,7 @@ def _result(rows: list[dict], counts: dict | None = None) -> SourceResult:
   return SourceResult(np.asarray([r["reward"] for r in rows], np.float32),
                       [r["instruction"] for r in rows], [r["answer"] for r in rows],
                       np.asarray([r["instruction_tokens"] for r in rows]),
-                      np.asarray([r["answer_tokens"] for r in rows]), counts or {})
+                      np.asarray([r["answer_tokens"] for r in rows]), counts)
 
 
 def content_key(setup, arrays, *extra: str) -> str:
@@ -369,7 +365,7 @@ def table_rows(sources, config, records: Path | None = None):
                      instruction_tokens=float(result.instruction_tokens.mean()),
                      answer_tokens=float(result.answer_tokens.mean()),
                      record=None if record is None else str(record),
-                     **({"student_requests": result.student_requests}
+                     **({"student_requests": result.student_requests or {}}
                         if setup.student_api is not None else {})))
     rewards[name] = result.rewards
     if source == "teacher":
@@ -417,13 +413,13 @@ def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
   """
   workdir = Path(workdir)
   setup = setup or Setup(config, training=False, workdir=workdir)
-  teacher_workdir = Path(teacher_workdir or workdir)
+  teacher_workdir = Path(teacher_workdir or workdir).resolve()
   sources = [("(a) student alone", "none", (None, None), ""),
              ("(b) human instruction", "fixed", (None, None), ""),
              ("(c) untrained teacher", "teacher", (None, setup.teacher_params), "")]
   trained, step, stamp = trained_teacher_params(setup, teacher_workdir)
   if trained is not None:
-    origin = "" if teacher_workdir == workdir else f", trained in {teacher_workdir}"
+    origin = "" if teacher_workdir == workdir.resolve() else f", trained in {teacher_workdir}"
     sources.append((f"(d) WST teacher (step {step}{origin})", "teacher", (None, trained), stamp))
   else:
     logging.warning("no checkpoint in %s: row (d) is left out", teacher_workdir)

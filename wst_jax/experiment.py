@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import json
 import logging
 import sys
 import time
@@ -147,9 +148,13 @@ class Setup:
 
   @property
   def student_id(self) -> str:
-    """What names the student in record keys: its folder, or its server and model id."""
+    """What names the student in record keys: its folder; behind an API, its model id (as the
+    journal: any server of it), settings and chat placement, which its prompts depend on (the
+    step inputs hold the bare questions)."""
     if self.student_api is not None:
-      return f"api model {self.student_api.endpoint.model}"   # as the journal: any server
+      student = self.student_api
+      return json.dumps([student.endpoint.model, student.settings, student.prompt.to_dict()],
+                        sort_keys=True)
     return str(self.paths["student"].resolve())
 
   def encode(self, examples):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def concat_left_padded(*segments: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -46,7 +47,6 @@ def host_retokenizer(teacher_tokenizer, student_tokenizer, max_len: int, mesh=No
   (`sharding.host_callback_per_shard`).
   """
   from wst_jax.sharding import host_callback_per_shard
-  import numpy as np
 
   pad = student_tokenizer.pad_token_id or 0
 
@@ -54,7 +54,7 @@ def host_retokenizer(teacher_tokenizer, student_tokenizer, max_len: int, mesh=No
     out_ids = np.full((ids.shape[0], max_len), pad, np.int32)
     out_mask = np.zeros((ids.shape[0], max_len), bool)
     for i, (row, m) in enumerate(zip(np.asarray(ids), np.asarray(mask, bool))):
-      text = teacher_tokenizer.decode(row[m].tolist(), skip_special_tokens=True)
+      text, = instruction_texts(teacher_tokenizer, row[None], m[None])
       new = student_tokenizer.encode(text, add_special_tokens=False)[:max_len]
       out_ids[i, :len(new)], out_mask[i, :len(new)] = new, True
     return out_ids, out_mask
@@ -65,3 +65,11 @@ def host_retokenizer(teacher_tokenizer, student_tokenizer, max_len: int, mesh=No
     return host_callback_per_shard(host, shapes, ids, mask, mesh=mesh)
 
   return retokenize
+
+
+def instruction_texts(teacher_tokenizer, ids, mask) -> list[str]:
+  """The teacher's instructions ids int[B, N] (mask bool[B, N], stop token stripped) as the text
+  a student of another vocabulary, or behind an API, is given: special tokens left out, so that
+  a sampled "<|im_start|>" never becomes a turn boundary in the student's prompt."""
+  return [teacher_tokenizer.decode(row[m].tolist(), skip_special_tokens=True)
+          for row, m in zip(np.asarray(ids), np.asarray(mask, bool))]

@@ -13,37 +13,48 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from pathlib import Path
+
+from wst_jax.errors import ConfigError
 
 
 class JsonlRecords:
   """An append-only JSONL file of dict rows, read back as {row[key]: row}.
 
-  A last line cut by a crash (no newline) is dropped from the file when it is opened, so that
-  appending continues after the last whole row. `append` is thread-safe and flushes each row.
-  writable False (the other processes of a multi-host run): rows are kept in memory only.
+  A last line cut by a crash (no newline) is cut off the file when it is opened (a truncation,
+  so nothing before it is ever rewritten), and appending continues after the last whole row.
+  `append` is thread-safe and writes each row with one write() to a file opened O_APPEND, so
+  that two processes appending to one journal never interleave within a row. A line that is not
+  JSON is an error naming the file and the line. writable False (the other processes of a
+  multi-host run): rows are kept in memory only.
   """
 
   def __init__(self, path: Path | None, key: str, writable: bool = True):
     self.path, self.key = (None if path is None else Path(path)), key
     self.rows: dict = {}
     self._lock = threading.Lock()
-    self._file = None
+    self._fd = None
     if self.path is None:
       return
     if self.path.exists():
-      text = self.path.read_text()
-      whole = text[:text.rfind("\n") + 1]
-      if whole != text and writable:
-        self.path.write_text(whole)
-      for line in whole.splitlines():
-        if line:
+      raw = self.path.read_bytes()
+      whole = raw[:raw.rfind(b"\n") + 1]
+      if len(whole) != len(raw) and writable:
+        os.truncate(self.path, len(whole))
+      for number, line in enumerate(whole.decode().splitlines(), 1):
+        if not line:
+          continue
+        try:
           row = json.loads(line)
-          self.rows[row[key]] = row
+        except ValueError:
+          raise ConfigError(f"{self.path}, line {number}, is not a JSON record: move the file "
+                            "away (or mend that line) to go on.") from None
+        self.rows[row[key]] = row
     if writable:
       self.path.parent.mkdir(parents=True, exist_ok=True)
-      self._file = open(self.path, "a")
+      self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
   def __len__(self) -> int:
     return len(self.rows)
@@ -55,23 +66,17 @@ class JsonlRecords:
     return self.rows.get(k)
 
   def append(self, row: dict) -> None:
+    line = (json.dumps(row) + "\n").encode()
     with self._lock:
       self.rows[row[self.key]] = row
-      if self._file is not None:
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+      if self._fd is not None:
+        os.write(self._fd, line)
 
   def close(self) -> None:
     with self._lock:
-      if self._file is not None:
-        self._file.close()
-        self._file = None
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
+      if self._fd is not None:
+        os.close(self._fd)
+        self._fd = None
 
 
 def request_key(model: str, messages: list[dict], settings: dict) -> str:
@@ -90,8 +95,6 @@ class AnswerJournal(JsonlRecords):
   def lookup(self, model: str, messages: list[dict], settings: dict) -> dict | None:
     return self.get(request_key(model, messages, settings))
 
-  def add(self, model: str, messages: list[dict], settings: dict, answer: dict) -> dict:
-    row = dict(key=request_key(model, messages, settings), model=model, messages=messages,
-               settings=settings, **answer)
-    self.append(row)
-    return row
+  def add(self, model: str, messages: list[dict], settings: dict, answer: dict) -> None:
+    self.append(dict(key=request_key(model, messages, settings), model=model, messages=messages,
+                     settings=settings, **answer))

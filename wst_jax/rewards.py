@@ -2,7 +2,8 @@
 
 A reward function has the signature `reward_fn(frozen, batch, answer) -> f32[B]`:
   * `verifier_reward`: the answer text is checked on the host (`jax.pure_callback`) against the
-    gold answer carried in the batch as UTF-8 bytes (math tasks: number / sympy equivalence);
+    gold answer carried in the batch as UTF-8 bytes (`batches.encode_text`; math tasks: number /
+    sympy equivalence);
   * `reward_model_reward`: a Flax reward model scores (question, answer) in-graph (HH-RLHF).
 """
 from __future__ import annotations
@@ -15,26 +16,10 @@ import numpy as np
 from flax import nnx
 
 from wst_jax import sharding, verifiers
-from wst_jax.errors import ConfigError
+from wst_jax.data.batches import decode_text
 from wst_jax.models import positions_from_mask
 from wst_jax.prompting import concat_left_padded
 from wst_jax.sampling import Generation
-
-
-def encode_gold(answers: list[str], length: int) -> np.ndarray:
-  """Gold answers -> uint8[N, length] zero-padded UTF-8, so they travel inside a jitted batch."""
-  out = np.zeros((len(answers), length), np.uint8)
-  for i, text in enumerate(answers):
-    raw = text.encode("utf-8")
-    if len(raw) > length:
-      raise ConfigError(f"gold answer {text!r} is {len(raw)} bytes; raise config.data.gold_len "
-                        f"(now {length}).")
-    out[i, :len(raw)] = np.frombuffer(raw, np.uint8)
-  return out
-
-
-def decode_gold(row: np.ndarray) -> str:
-  return bytes(row).rstrip(b"\0").decode("utf-8")
 
 
 def answer_texts(tokenizer, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
@@ -57,7 +42,7 @@ def verifier_reward(task: str, tokenizer, mesh=None) -> Callable:
 
   def host(tokens, mask, gold):
     return verifier_scores(task, answer_texts(tokenizer, tokens, mask),
-                           [decode_gold(g) for g in gold])
+                           [decode_text(g) for g in gold])
 
   def reward_fn(frozen, batch, answer: Generation):
     del frozen

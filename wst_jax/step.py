@@ -78,6 +78,12 @@ class Roles(NamedTuple):
   student: nnx.GraphDef    # Decoder: frozen, answers greedily
 
 
+def instructions_per_question(config) -> int:
+  """k: how many instructions the teacher writes per question (ppo.group_size with group
+  advantages, else 1); a question's k rows are consecutive in every array of the step."""
+  return config.ppo.group_size if config.ppo.advantage == "group" else 1
+
+
 def write_instructions(teacher_lm, batch, rng, rollout, repeats: int = 1) -> Generation:
   """The teacher samples `repeats` instructions after each question's meta-prompt, the prompt
   run once per question. -> Generation [B x repeats, N_instr], a question's rows consecutive."""
@@ -180,7 +186,7 @@ def make_phases(config, rollout: Rollout, roles: Roles, tx: optax.GradientTransf
   prefix (the question, when it precedes the instruction) in answering."""
   ppo_cfg = config.ppo
   group = ppo_cfg.advantage == "group"
-  k = ppo_cfg.group_size if group else 1
+  k = instructions_per_question(config)
   temperature = rollout.temperature
 
   def teacher_forward(params, prompt, prompt_mask, instruction, instruction_mask):
@@ -259,7 +265,7 @@ def make_learn(config, rollout: Rollout, phases: Phases) -> Callable:
   """
   ppo_cfg = config.ppo
   group = ppo_cfg.advantage == "group"
-  k = ppo_cfg.group_size if group else 1
+  k = instructions_per_question(config)
 
   def learn(state: TrainState, frozen, batch, instruction: Generation, reward, answers: dict):
     rng, _, ppo_rng = step_keys(state.rng)

@@ -11,7 +11,6 @@ import logging
 import numpy as np
 
 from wst_jax.errors import ConfigError
-from wst_jax.rewards import encode_gold
 
 
 def segment_ids(tokenizer, text: str) -> list[int]:
@@ -95,11 +94,16 @@ PLACEMENTS = {
 }
 
 
-def encode_text(texts: list[str]) -> np.ndarray:
-  """Texts -> uint8[N, longest] zero-padded UTF-8: the questions an API student is asked ride in
-  the batch (like the gold answers), so that each row of a batch has its question on the host."""
+def encode_text(texts: list[str], length: int | None = None, field: str = "") -> np.ndarray:
+  """Texts -> uint8[N, length] zero-padded UTF-8, so that they travel inside a jitted batch: the
+  gold answers (length = config.`field`, an error naming it when one is longer) and the questions
+  an API student is asked (length None: the longest)."""
   raw = [t.encode("utf-8") for t in texts]
-  out = np.zeros((len(raw), max(map(len, raw), default=0)), np.uint8)
+  longest = max(map(len, raw), default=0)
+  if length is not None and longest > length:
+    text = texts[[len(r) for r in raw].index(longest)]
+    raise ConfigError(f"{text!r} is {longest} bytes; raise config.{field} (now {length}).")
+  out = np.zeros((len(raw), longest if length is None else length), np.uint8)
   for i, r in enumerate(raw):
     out[i, :len(r)] = np.frombuffer(r, np.uint8)
   return out
@@ -180,7 +184,7 @@ def encode_examples(examples: list[dict], teacher_tokenizer, student_tokenizer,
           [segment_ids(tokenizer, prompt[part].format(question=e["question"]))
            for e in examples], data[part + "_len"], pad, f"data.{part}_len")
   if config.reward.kind == "verifier":
-    out["gold"] = encode_gold([e["answer"] for e in examples], data.gold_len)
+    out["gold"] = encode_text([e["answer"] for e in examples], data.gold_len, "data.gold_len")
   else:
     out["rm_prompt"], out["rm_prompt_mask"] = left_pad(
         [segment_ids(tokenizer, e["question"]) for e in examples], data.rm_prompt_len, pad,
