@@ -283,3 +283,22 @@ def test_head_recipe_fits_a_head_on_frozen_features_its_l2_chosen_on_dev(tmp_pat
                                                                          tok.pad_token_id))
   assert in_graph["accuracy"] == report["after"]["held_out"]["accuracy"]
   assert in_graph["loss"] == pytest.approx(report["after"]["held_out"]["loss"], rel=1e-4)
+
+
+def test_text_reward_model_scores_text_as_the_reward_model_was_trained(built):
+  """rewards.TextRewardModel (a judge in its own tokenizer, or an API student's reward): the
+  text of a dialogue and a response scores as that pair's training row does in-graph."""
+  config, folder, _ = built
+  judge = rewards.TextRewardModel(folder, config.data.question_len,
+                                  config.reward_model.response_len, bucket=16)
+  examples = reward_model.pairs(config).eval
+  dialogues = [e["question"] for e in examples]
+  texts = judge.score(dialogues * 2, [e["chosen"] for e in examples]
+                      + [e["rejected"] for e in examples], batch_size=4)
+  tok = checkpoints.load_tokenizer(folder)
+  chosen, rejected, _ = reward_model.pair_rows(examples, tok, config.data.question_len,
+                                               config.reward_model.response_len)
+  assert judge.rows(dialogues, [e["chosen"] for e in examples]) == chosen
+  in_graph = np.concatenate(scores(checkpoints.load_reward_model(folder), chosen, rejected,
+                                   tok.pad_token_id))
+  np.testing.assert_allclose(texts, in_graph, atol=1e-4)

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wst_jax import sharding, verifiers
-from wst_jax.data.batches import decode_text
+from wst_jax import checkpoints, sharding, verifiers
+from wst_jax.data.batches import decode_text, left_pad, segment_ids, truncate_questions
 from wst_jax.models import positions_from_mask
 from wst_jax.prompting import concat_left_padded
 from wst_jax.sampling import Generation
@@ -68,3 +68,42 @@ def reward_model_reward(reward_model_def: nnx.GraphDef) -> Callable:
     return scores[:, -1]  # left-padded: the last slot is every row's last real token
 
   return reward_fn
+
+
+class TextRewardModel:
+  """A reward model that reads the student's answers as text, in its own tokenizer: a judge
+  whose tokenizer is not the student's (the step's `reward_model_reward` reads student ids), or
+  the reward of a student behind an API. Each row is scored as the reward model was trained
+  (`reward_model.pair_parts`): [the dialogue's last question_len tokens][the answer's first
+  answer_len - 1 tokens][eos], left-padded to a multiple of `bucket` tokens (one compilation per
+  width), the score read at the last token."""
+
+  def __init__(self, folder, question_len: int, answer_len: int, bucket: int = 64):
+    self.model = checkpoints.load_reward_model(folder)
+    self.tokenizer = checkpoints.load_tokenizer(folder)
+    self.question_len, self.answer_len, self.bucket = question_len, answer_len, bucket
+    graphdef, state = nnx.split(self.model)
+    self._state = state
+    self._scores = jax.jit(lambda state, ids, mask: nnx.merge(graphdef, state)(
+        ids, positions_from_mask(mask), mask)[1][:, -1])
+
+  def rows(self, dialogues: list[str], answers: list[str]) -> list[list[int]]:
+    """[dialogue][answer][eos] ids per row, cut as the reward model's training rows were."""
+    cut, _ = truncate_questions([{"question": d} for d in dialogues], self.tokenizer,
+                                self.question_len)
+    eos = self.tokenizer.eos_token_id
+    return [segment_ids(self.tokenizer, c["question"])
+            + (segment_ids(self.tokenizer, a) + [eos])[:self.answer_len]
+            for c, a in zip(cut, answers)]
+
+  def score(self, dialogues: list[str], answers: list[str], batch_size: int = 16) -> np.ndarray:
+    """The reward model's score of each (dialogue, answer) text pair -> f32[N]."""
+    rows = self.rows(dialogues, answers)
+    out = np.zeros(len(rows), np.float32)
+    for start in range(0, len(rows), batch_size):
+      chunk = rows[start:start + batch_size]
+      width = self.bucket * -(-max(map(len, chunk)) // self.bucket)
+      padded = chunk + [chunk[0]] * (batch_size - len(chunk))   # static shapes
+      ids, mask = left_pad(padded, width, self.tokenizer.pad_token_id or 0, "reward rows")
+      out[start:start + len(chunk)] = np.asarray(self._scores(self._state, ids, mask))[:len(chunk)]
+    return out
