@@ -78,6 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = dict(data=-1, fsdp=1, model=1)
   c.train = dict(batch_size=32, num_steps=1000, checkpoint_every=50, keep_checkpoints=3)
   # extra_tasks: more eval sets, each a dict of config overrides ({"task": {...}, "data": {...}}).
-  c.eval = dict(batch_size=64, bootstrap_samples=1000, teacher_path="", write_table=True,
+  # judge_path: a second reward model (a folder, or "pretrained:judge": built like the reward
+  # model from config.judge_model, on its own backbone) that scores every row's answers as text
+  # beside the reward; "" for none.
+  c.eval = dict(batch_size=64, bootstrap_samples=1000, teacher_path="", judge_path="",
+                write_table=True,
                 extra_tasks=[])
   return c

@@ -302,3 +302,26 @@ def test_text_reward_model_scores_text_as_the_reward_model_was_trained(built):
   in_graph = np.concatenate(scores(checkpoints.load_reward_model(folder), chosen, rejected,
                                    tok.pad_token_id))
   np.testing.assert_allclose(texts, in_graph, atol=1e-4)
+
+
+def test_eval_table_scores_every_row_with_a_judge_built_on_another_backbone(built, tmp_path):
+  """eval.judge_path "pretrained:judge": a second reward model built from config.judge_model on
+  the teacher's backbone (recipe "head"), which reads the answers as text; every row gets its
+  score and interval beside the reward's, and the judge is cached under its own key."""
+  from wst_jax.eval import evaluate
+  config, rm_folder, _ = built
+  config = config.copy_and_resolve_references()
+  config.judge_model = dict(config.reward_model.to_dict(), recipe="head", init="student",
+                            backbone=config.teacher.path,
+                            head=dict(dev_fraction=0.25, l2=[1e-3], steps=100,
+                                      learning_rate=1e-2))
+  config.eval.update(judge_path=reward_model.JUDGE, teacher_path="")
+  judge = experiment.resolve_model_ref(reward_model.JUDGE, config)
+  assert judge != rm_folder and json.loads((judge / reward_model.REPORT).read_text())[
+      "backbone"] == str(experiment.resolve_model_ref(config.teacher.path, config))
+  result = evaluate(config, tmp_path)
+  rows = result["tables"][0]["rows"]
+  assert [r["source"][:3] for r in rows] == ["(a)", "(b)", "(c)"]
+  assert all(r["judge_ci_low"] <= r["judge_mean"] <= r["judge_ci_high"] for r in rows)
+  assert len({r["judge_mean"] for r in rows}) > 1   # the judge reads each row's own answers
+  assert "| judge score |" in result["markdown"]

@@ -33,7 +33,7 @@ from wst_jax.data import batches
 from wst_jax.data.batches import segment_ids
 from wst_jax.data.registry import load_eval_examples
 from wst_jax.experiment import (Setup, checkpoint_manager, init_state, on_every_process,
-                                restore_or_init)
+                                resolve_model_ref, restore_or_init)
 from wst_jax.optim import optimizer
 from wst_jax.prompting import instruction_texts, strip_stop
 from wst_jax.records import JsonlRecords
@@ -326,17 +326,22 @@ def requests_text(rows: list[dict]) -> str:
 
 
 def markdown_table(rows: list[dict], metric: str) -> str:
+  judged = "judge_mean" in rows[0]
   lines = [f"| instruction source | n | {metric} | 95% CI | vs. student alone "
-           "| instruction tokens | answer tokens |", "|---|---:|---:|---|---:|---:|---:|"]
+           + ("| judge score | judge 95% CI " if judged else "")
+           + "| instruction tokens | answer tokens |",
+           "|---|---:|---:|---|---:|" + ("---:|---|" if judged else "") + "---:|---:|"]
   for r in rows:
     rel = "—" if r["relative_improvement_pct"] is None else f"{r['relative_improvement_pct']:+.1f}%"
+    judge = (f"{r['judge_mean']:.3f} | [{r['judge_ci_low']:.3f}, {r['judge_ci_high']:.3f}] | "
+             if judged else "")
     lines.append(f"| {r['source']} | {r['n']} | {r['mean']:.3f} | "
-                 f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {rel} | "
+                 f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {rel} | {judge}"
                  f"{r['instruction_tokens']:.1f} | {r['answer_tokens']:.1f} |")
   return "\n".join(lines)
 
 
-def table_rows(sources, config, records: Path | None = None):
+def table_rows(sources, config, records: Path | None = None, judge=None):
   """One table: a row per instruction source (mean reward, 95% CI, improvement over the first
   row, mean lengths), each teacher row's most frequent instructions, and the paired comparison
   of the trained teacher's row "(d) ..." with every other row. -> (rows, instructions, paired).
@@ -347,8 +352,11 @@ def table_rows(sources, config, records: Path | None = None):
   that is the setup's own model folder, or none.
   records: a folder for each row's per-question JSONL (`run_source`), named by the row and a
   key of what it answers, so a rerun resumes each row and a changed setting starts afresh.
+  judge: None, or answers (list[str], in question order) -> f32[N]: a second reward model's
+  scores (`rewards.TextRewardModel` on the eval set's dialogues); each row then has judge_mean
+  and its interval, and the paired comparisons are made under the judge too.
   """
-  rows, instructions, rewards = [], {}, {}
+  rows, instructions, scored, judged = [], {}, {}, {}
   for name, source, teacher, origin, setup, arrays in sources:
     record = None
     if records is not None:
@@ -367,7 +375,11 @@ def table_rows(sources, config, records: Path | None = None):
                      record=None if record is None else str(record),
                      **({"student_requests": result.student_requests or {}}
                         if setup.student_api is not None else {})))
-    rewards[name] = result.rewards
+    scored[name] = result.rewards
+    if judge is not None:
+      judged[name] = judge(result.answers)
+      lo, hi = bootstrap_interval(judged[name], config.eval.bootstrap_samples, config.seed)
+      rows[-1].update(judge_mean=float(judged[name].mean()), judge_ci_low=lo, judge_ci_high=hi)
     if source == "teacher":
       instructions[name] = top_instructions(result.instructions, result.rewards)
   # A relative change is only meaningful against a positive baseline (a reward-model score can
@@ -376,19 +388,22 @@ def table_rows(sources, config, records: Path | None = None):
   for r in rows:
     r["relative_improvement_pct"] = (None if r is rows[0] or base <= 0
                                      else 100.0 * (r["mean"] - base) / base)
-  trained = next((k for k in rewards if k.startswith("(d)")), None)
-  paired = {f"{trained} vs {other}": paired_comparison(rewards[trained], rewards[other],
-                                                       config.eval.bootstrap_samples, config.seed)
-            for other in rewards if trained and other != trained}
+  trained = next((k for k in scored if k.startswith("(d)")), None)
+  paired = {}
+  for under, scores in [("", scored), (" (judge)", judged)]:
+    paired.update({f"{trained} vs {other}{under}": paired_comparison(
+        scores[trained], scores[other], config.eval.bootstrap_samples, config.seed)
+                   for other in scores if trained and other != trained})
   return rows, instructions, paired
 
 
-def eval_sets(setup) -> list[tuple[str, dict]]:
-  """(title, step inputs) of the run's task eval split and of each config.eval.extra_tasks
-  entry (config overrides, e.g. {"task": {...}, "data": {...}}: another task's eval split
-  scored by the same reward)."""
+def eval_sets(setup) -> list[tuple[str, dict, list[str]]]:
+  """(title, step inputs, questions' text) of the run's task eval split and of each
+  config.eval.extra_tasks entry (config overrides, e.g. {"task": {...}, "data": {...}}: another
+  task's eval split scored by the same reward)."""
   config = setup.config
-  sets = [(f"{config.task.name} (held out)", setup.encode(setup.task.eval))]
+  sets = [(f"{config.task.name} (held out)", setup.encode(setup.task.eval),
+           [e["question"] for e in setup.task.eval])]
   for overrides in config.eval.extra_tasks:
     extra = config.copy_and_resolve_references()
     with extra.unlocked():
@@ -397,7 +412,7 @@ def eval_sets(setup) -> list[tuple[str, dict]]:
     examples = load_eval_examples(extra.task, config.seed)
     sets.append((f"{extra.task.name} ({Path(extra.task.eval_path).name})",
                  batches.encode_examples(examples, setup.teacher_tokenizer, setup.tokenizer,
-                                         extra)))
+                                         extra), [e["question"] for e in examples]))
   return sets
 
 
@@ -428,14 +443,19 @@ def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
     others.append((f"(e) teacher {Path(config.eval.teacher_path).name}",
                    teacher_setup(config, setup)))
   metric = "accuracy" if config.reward.kind == "verifier" else "reward-model score"
+  judge = None
+  if config.eval.judge_path:   # a second reward model, in its own tokenizer (`TextRewardModel`)
+    judge = rewards.TextRewardModel(resolve_model_ref(config.eval.judge_path, config),
+                                    config.data.question_len, config.rollout.answer_len + 1)
   tables = []
   other_sets = [eval_sets(s) for _, s in others]
-  for i, (title, arrays) in enumerate(eval_sets(setup)):
+  for i, (title, arrays, dialogues) in enumerate(eval_sets(setup)):
     rows = [(*source, setup, arrays) for source in sources]
     rows += [(name, "teacher", (None, s.teacher_params), "", s, sets[i][1])
              for (name, s), sets in zip(others, other_sets)]
-    rows, instructions, paired = table_rows(rows, config,
-                                            workdir / "eval" / "answers" / slug(title))
+    rows, instructions, paired = table_rows(
+        rows, config, workdir / "eval" / "answers" / slug(title),
+        None if judge is None else lambda answers, d=dialogues: judge.score(d, answers))
     tables.append({"title": title, "rows": rows, "instructions": instructions, "paired": paired})
   markdown = "\n\n".join(f"### {t['title']}\n\n{markdown_table(t['rows'], metric)}"
                           + "".join(f"\n\nPaired, {k}: {paired_text(v)}"

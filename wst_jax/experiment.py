@@ -41,10 +41,13 @@ from wst_jax.step import Roles, Rollout, TrainState
 
 def resolve_model_ref(ref: str, config) -> Path:
   """A model reference of the config -> the local HF folder (or .gguf file) it names, built on
-  first use: "pretrained:reward_model" by `reward_model.ensure_reward_model` (trained from the
-  student and cached), every other by `model_refs.resolve`."""
+  first use: "pretrained:reward_model" and "pretrained:judge" by
+  `reward_model.ensure_reward_model` (trained and cached; the judge from config.judge_model),
+  every other by `model_refs.resolve`."""
   if str(ref) == reward_model.REFERENCE:
     return reward_model.ensure_reward_model(config)
+  if str(ref) == reward_model.JUDGE:
+    return reward_model.ensure_reward_model(reward_model.judge_config(config))
   return model_refs.resolve(ref, config)
 
 

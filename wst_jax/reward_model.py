@@ -58,6 +58,19 @@ INITS = ("student", "fresh")
 # its features computed once per row, a linear head fitted on them (`fit_head`).
 RECIPES = ("full", "head")
 REFERENCE = model_refs.PRETRAINED + "reward_model"  # how a config names the model built here
+JUDGE = model_refs.PRETRAINED + "judge"   # eval.judge_path: built from config.judge_model
+
+
+def judge_config(config):
+  """`config` with config.judge_model as its reward_model block: the judge is built by the same
+  recipe code, on its own backbone (judge_model.backbone), cached under its own key."""
+  if "judge_model" not in config:
+    raise ConfigError(f"config.eval.judge_path={JUDGE!r} builds the judge from config.judge_model, "
+                      "which is missing: add it (the reward_model block's fields).")
+  judge = config.copy_and_resolve_references()
+  with judge.unlocked():
+    judge.reward_model = judge.judge_model
+  return judge
 
 # ------------------------------------------------------------------------------ config
 
