@@ -49,9 +49,11 @@ def base_config() -> ml_collections.ConfigDict:
   # the question ("user_after": the question goes in student_prefix, e.g. "{question}").
   # instruction_sep: text between a non-empty instruction and the question (dropped with an
   # empty instruction, so that "no instruction" is the question as it is).
+  # dialogue: the question is an HH-RLHF transcript whose turns become the student's chat turns,
+  # the placement applying to its last human turn (`batches.student_messages`; needs chat set).
   c.prompt = dict(chat="", teacher_template=TEACHER_TEMPLATE, student_prefix=STUDENT_PREFIX,
                   student_suffix=STUDENT_SUFFIX, instruction_sep="",
-                  human_instruction=HUMAN_INSTRUCTION)
+                  human_instruction=HUMAN_INSTRUCTION, dialogue=False)
   # retokenized_instruction_len: student-side instruction length when the vocabularies differ.
   # question_len: a longer question (an HH-RLHF dialogue) keeps its last question_len student
   # tokens (left truncation, count logged; 0 = never cut, an over-long prompt is an error).

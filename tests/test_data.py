@@ -369,3 +369,32 @@ def test_dev_size_takes_the_eval_split_from_training_and_keeps_the_held_out_apar
   assert not key(dev.eval) & key(table.eval)            # never the table's,
   assert not key(dev.eval) & key(dev.train)             # and out of training
   assert key(dev.train) | key(dev.eval) == key(table.train)
+
+
+def test_dialogue_turns_and_the_placement_on_the_last_human_turn():
+  from ml_collections import ConfigDict
+
+  from wst_jax.errors import ConfigError
+  from wst_jax.data.batches import PLACEMENTS, dialogue_turns, student_messages
+  transcript = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how do I pick a lock?\n\nAssistant:"
+  assert dialogue_turns(transcript) == [
+      {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+      {"role": "user", "content": "how do I pick a lock?"}]
+  # Cut on the left inside a human turn: the fragment is that turn; inside an assistant's: gone.
+  assert dialogue_turns("a lock?\n\nAssistant: no\n\nHuman: why\n\nAssistant:")[0] == {
+      "role": "user", "content": "a lock?"}
+  assert dialogue_turns("llo\n\nHuman: why\n\nAssistant:") == [{"role": "user",
+                                                                   "content": "why"}]
+  history = dialogue_turns(transcript)[:2]
+  for where, fields in PLACEMENTS.items():
+    prompt = ConfigDict(dict(fields, dialogue=True))
+    messages = student_messages(prompt, transcript, "Be kind.")
+    last = "how do I pick a lock?"
+    if where == "system":
+      assert messages == [{"role": "system", "content": "Be kind."}, *history,
+                          {"role": "user", "content": last}]
+    else:
+      text = "Be kind." + last if where == "user_before" else last + "Be kind."
+      assert messages == [*history, {"role": "user", "content": text}]
+  with pytest.raises(ConfigError, match="human turn"):
+    dialogue_turns("\n\nHuman: hi\n\nAssistant: hello")

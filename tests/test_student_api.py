@@ -294,6 +294,32 @@ def test_conversation_is_the_jax_students_prompt_in_each_placement(world):
       assert api_text == jax_text, (where, instruction)
 
 
+def test_dialogue_prompts_are_the_same_turns_for_both_students(world):
+  """prompt.dialogue: an HH transcript's turns as chat turns. The JAX student's prompt, rendered
+  per example (`encode_examples`), is the text of the turns an API student is sent."""
+  from transformers import AutoTokenizer
+
+  from wst_jax.data.batches import encode_examples
+  paths, config, _ = world
+  tokenizer = AutoTokenizer.from_pretrained(str(paths["student"]))
+  transcript = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how do I pick a lock?\n\nAssistant:"
+  for where, fields in PLACEMENTS.items():
+    config = api_config(world, "http://x/v1")
+    config.student.backend, config.student.base_url, config.student.model = "jax", "", ""
+    config.prompt.update(dict(fields, dialogue=True))
+    config.data.update(student_prefix_len=64, student_suffix_len=64, teacher_prompt_len=128)
+    arrays = encode_examples([{"question": transcript, "answer": "0"}], tokenizer, tokenizer,
+                             config)
+    text = lambda part: tokenizer.decode(arrays[part][0][arrays[part + "_mask"][0]])
+    student = ApiStudent(Endpoint("http://x/v1", "m", "", 1, 1.0, 0), None, 8, config.prompt)
+    sep = config.prompt.instruction_sep
+    middle = sep + "Be kind." if where == "user_after" else "Be kind." + sep
+    api_text = tokenizer.apply_chat_template(student.conversation(transcript, "Be kind."),
+                                             tokenize=False, add_generation_prompt=True)
+    assert text("student_prefix") + middle + text("student_suffix") == api_text, where
+    assert "Human:" not in api_text and "assistant: hello" in api_text
+
+
 def test_records_drop_a_torn_line_and_the_journal_keys_by_the_request(tmp_path):
   path = tmp_path / "r.jsonl"
   records = JsonlRecords(path, "index")

@@ -61,6 +61,9 @@ def validate(config) -> None:
                                            config.task.name == "synthetic"):
     raise ConfigError(f"config.task.dev_size={config.task.dev_size} must be >= 0, and 0 for the "
                       "synthetic task (its eval problems are their own stream).")
+  if _get(config, "prompt.dialogue") and not config.prompt.chat:
+    raise ConfigError("config.prompt.dialogue=True renders a transcript's turns as chat turns: "
+                      "set config.prompt.chat ('system', 'user_before' or 'user_after').")
   if _get(config, "data.question_len") < 0:
     raise ConfigError(f"config.data.question_len={config.data.question_len} must be >= 0 "
                       "(0 = never cut a question).")

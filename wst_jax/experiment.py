@@ -69,10 +69,12 @@ def resolve_model_paths(config) -> dict[str, Path]:
 
 
 def _with_prompt(config, prompt: dict):
-  """A copy of `config` with these config.prompt fields and prompt.chat="" (already rendered)."""
+  """A copy of `config` with these config.prompt fields (`batches.chat_prompts`) and, when they
+  include the student's, prompt.chat="" (already rendered; else the student's turns are
+  rendered per example, or by its server)."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    config.prompt.update(prompt, chat="")
+    config.prompt.update(prompt, chat="" if "student_prefix" in prompt else config.prompt.chat)
   return config
 
 

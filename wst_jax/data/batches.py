@@ -7,6 +7,7 @@ Long questions (HH-RLHF dialogues) can first be cut to their last data.question_
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 
@@ -58,7 +59,7 @@ def chat_prompts(prompt, teacher_tokenizer, student_tokenizer) -> dict[str, str]
   """
   teacher = _render(teacher_tokenizer, [{"role": "user", "content": prompt.teacher_template.format(
       question=_QUESTION)}], "teacher")
-  if student_tokenizer is None:   # a student behind an API renders its own turns
+  if student_tokenizer is None or prompt.dialogue:   # rendered per example, or by the API
     return {"teacher_template": _as_template(teacher)}
   student = _render(student_tokenizer, student_messages(prompt, _QUESTION, _INSTRUCTION),
                     "student")
@@ -72,14 +73,54 @@ def student_messages(prompt, question: str, instruction: str) -> list[dict]:
   separator, if any): with chat="system", prompt.student_prefix + instruction is the system turn
   and prompt.student_suffix the user turn; with "user_before" / "user_after" the three are one
   user turn (the question is in the suffix or in the prefix). Both formatted with the question.
-  The JAX student's prompt is these turns in its chat template (`chat_prompts`); a student
-  behind an API is sent them (`student_api.ApiStudent.conversation`)."""
+  With prompt.dialogue the question is a transcript (HH-RLHF's "\n\nHuman: ...\n\nAssistant:
+  ..."): its earlier turns come first as they are (`dialogue_turns`), and its last human turn is
+  the question that the placement applies to.
+  The JAX student's prompt is these turns in its chat template (`chat_prompts`, or per example
+  with a dialogue: `student_parts`); a student behind an API is sent them
+  (`student_api.ApiStudent.conversation`)."""
+  history = []
+  if prompt.dialogue:
+    *history, last = dialogue_turns(question)
+    question = last["content"]
   before, after = (prompt[part].format(question=question)
                    for part in ("student_prefix", "student_suffix"))
   if prompt.chat == "system":
-    return [{"role": "system", "content": before + instruction},
-            {"role": "user", "content": after}]
-  return [{"role": "user", "content": before + instruction + after}]
+    return ([{"role": "system", "content": before + instruction}, *history,
+             {"role": "user", "content": after}])
+  return [*history, {"role": "user", "content": before + instruction + after}]
+
+
+_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+
+
+def dialogue_turns(transcript: str) -> list[dict]:
+  """An HH-RLHF transcript ("\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant:") -> chat
+  turns [user a, assistant b, user c]: the final empty assistant turn dropped, and a fragment
+  before the first marker (a dialogue cut on the left, `truncate_questions`) kept as the turn it
+  was part of, or dropped when that was an assistant's (chat turns start with the user). The
+  last turn is the user's."""
+  parts = _TURN.split(transcript)
+  head, pairs = parts[0], list(zip(parts[1::2], parts[2::2]))
+  turns = [{"role": "user" if who == "Human" else "assistant", "content": text}
+           for who, text in pairs]
+  if head.strip() and turns and turns[0]["role"] == "assistant":
+    turns.insert(0, {"role": "user", "content": head})   # the cut-off human turn
+  while turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"].strip():
+    turns.pop()
+  while turns and turns[0]["role"] == "assistant":
+    turns.pop(0)
+  if not turns or turns[-1]["role"] != "user":
+    raise ConfigError(f"a dialogue does not end with a human turn: {transcript[-120:]!r}")
+  return turns
+
+
+def student_parts(prompt, tokenizer, question: str) -> tuple[str, str]:
+  """One example's student prompt before and after the instruction, rendered in the student's
+  chat template (prompt.dialogue: the turns depend on the example, so no shared template)."""
+  rendered = _render(tokenizer, student_messages(prompt, question, _INSTRUCTION), "student")
+  prefix, suffix = rendered.split(_INSTRUCTION)
+  return prefix, suffix
 
 
 # config.prompt fields that place an instruction around the bare question, per chat placement (a
@@ -179,10 +220,15 @@ def encode_examples(examples: list[dict], teacher_tokenizer, student_tokenizer,
   if tokenizer is None:   # a student behind an API: it is sent each question as text
     out["question"] = encode_text([e["question"] for e in examples])
   else:
-    for part in ("student_prefix", "student_suffix"):
+    # Each example's student prompt before and after the instruction: the config's templates
+    # formatted with the question, or, for dialogues, rendered per example (`student_parts`).
+    parts = ([student_parts(prompt, tokenizer, e["question"]) for e in examples] if prompt.chat
+             else [tuple(prompt[p].format(question=e["question"])
+                         for p in ("student_prefix", "student_suffix")) for e in examples])
+    for i, part in enumerate(("student_prefix", "student_suffix")):
       out[part], out[part + "_mask"] = left_pad(
-          [segment_ids(tokenizer, prompt[part].format(question=e["question"]))
-           for e in examples], data[part + "_len"], pad, f"data.{part}_len")
+          [segment_ids(tokenizer, texts[i]) for texts in parts], data[part + "_len"], pad,
+          f"data.{part}_len")
   if config.reward.kind == "verifier":
     out["gold"] = encode_text([e["answer"] for e in examples], data.gold_len, "data.gold_len")
   else:
