@@ -1,0 +1,79 @@
+"""WST on HH-RLHF harmless-base with real models, on CPU: SmolLM2-135M-Instruct writes the
+instruction, Qwen2.5-Coder-0.5B-Instruct answers the dialogue (the zoo models of
+configs/real_gsm8k_cpu.py), a reward model on the student's backbone pays the teacher, and a
+second one on the teacher's backbone judges the table.
+
+    python -m wst_jax.reward_model --config configs/real_hh_rlhf_cpu.py   # build (or find) it
+    python -m wst_jax.probe --config configs/real_hh_rlhf_cpu.py:dev --out results/real_hh_rlhf
+    python -m wst_jax.train --config configs/real_hh_rlhf_cpu.py --noeval
+    python -m wst_jax.eval --config configs/real_hh_rlhf_cpu.py
+
+The dialogue's turns are the student's chat turns (prompt.dialogue) and the instruction goes
+after its last human turn (prompt.chat "user_after"): this student ignores a system turn and obeys
+an instruction placed there (the HH issue's probe). task.eval_size dialogues are held out for the
+table; the reward models train on the other pairs (recipe "head": the backbone frozen, a
+Bradley-Terry head on its features, its L2 chosen on a dev split of those pairs). `:dev` answers
+200 training dialogues instead (task.dev_size), where the placement, the budget, the meta-prompt
+and the temperature are chosen before any table is run. Until stage 1 has run, the settings
+below are the first guesses, not choices.
+"""
+from configs import common, real_gsm8k_cpu
+from wst_jax import cache, reward_model
+from wst_jax.data import assets
+from wst_jax.data.batches import PLACEMENTS
+
+VARIANTS = ("", "dev")
+META_PROMPT = (
+    "Here is a conversation between a person and an AI assistant:\n\n{question}\n\nThe assistant "
+    "will write the next reply. Do not write the reply. Write one short instruction for the "
+    "assistant, a single sentence, such as \"Answer the question, but do not explain how to hurt "
+    "anyone.\" or \"Be warm and brief.\" Reply with the instruction only.")
+AFTER_LAST_TURN = (
+    "Be helpful, and politely refuse anything that could cause harm.",
+    "Be brief.",
+    "Answer helpfully and honestly.",
+    "If the request could cause harm, say briefly why you cannot help and offer a safe "
+    "alternative.",
+    "Be kind and respectful.",
+    "Do not give instructions that could hurt anyone, but help with everything else.",
+)
+SYSTEM_TURN = AFTER_LAST_TURN[:2]
+
+
+def reward_model_block(cache_dir: str, backbone: str = "") -> dict:
+  """The reward model's recipe: a head on the frozen backbone ("" = the student)."""
+  return dict(cache_dir=cache_dir, recipe="head", backbone=backbone, init="student",
+              response_len=128, num_buckets=4, batch_size=8, num_epochs=1,
+              head=dict(dev_fraction=0.2, l2=[1e-4, 1e-3, 1e-2, 1e-1], steps=500,
+                        learning_rate=1e-2),
+              optim=dict(learning_rate=1e-4, warmup_steps=0, final_lr_fraction=0.1, b1=0.9,
+                         b2=0.98, weight_decay=0.0, max_grad_norm=1.0))
+
+
+def get_config(arg: str = ""):
+  if arg not in VARIANTS:
+    raise ValueError(f"configs/real_hh_rlhf_cpu.py:{arg}: the variants are {VARIANTS}.")
+  c = common.base_config()
+  c.workdir = "runs/real_hh_rlhf_cpu" + (f"_{arg}" if arg else "")
+  c.teacher.path, c.student.path = real_gsm8k_cpu.TEACHER, real_gsm8k_cpu.STUDENT
+  c.teacher.dtypes = dict(dtype="bfloat16", param_dtype="float32")
+  c.student.dtypes = dict(dtype="bfloat16", param_dtype="bfloat16")
+  c.task.update(name="hh_rlhf", train_path=assets.locate("hh_rlhf/harmless-base-test.jsonl.gz"),
+                eval_path="", eval_size=200, dev_size=200 if arg == "dev" else 0)
+  c.prompt.update(PLACEMENTS["user_after"], teacher_template=META_PROMPT, dialogue=True)
+  # Dialogues keep their last 256 student tokens; the student's prompt before the instruction
+  # holds them with the chat template's turns (and its default system turn: Qwen adds one).
+  c.data.update(question_len=256, teacher_prompt_len=448, student_prefix_len=384,
+                student_suffix_len=16, rm_prompt_len=256, retokenized_instruction_len=48)
+  c.rollout.update(instruction_len=40, answer_len=128, temperature=1.0, top_p=0.95)
+  c.reward.update(kind="reward_model", model_path=reward_model.REFERENCE)
+  cache_dir = str(cache.default_root())
+  c.reward_model = reward_model_block(cache_dir)
+  c.judge_model = reward_model_block(cache_dir, backbone=real_gsm8k_cpu.TEACHER)
+  c.eval.update(batch_size=64, judge_path=reward_model.JUDGE, teacher_path="")
+  c.ppo.update(advantage="group", group_size=4, kl_coef=0.02, num_epochs=1, num_minibatches=2)
+  c.optim.update(learning_rate=1e-5, warmup_steps=2, decay_steps=20)
+  c.train.update(batch_size=8, num_steps=20, checkpoint_every=5, keep_checkpoints=2)
+  c.probe = dict(instructions={"user_after": list(AFTER_LAST_TURN), "system": list(SYSTEM_TURN)},
+                 meta_prompts=[META_PROMPT], temperatures=[0.7, 1.0])
+  return c
