@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import real_gsm8k_cpu, real_gsm8k_gpu, real_gsm8k_v2_cpu
-from wst_jax import checkpoints, plan, zoo
+from wst_jax import checkpoints, plan, probe, zoo
 from wst_jax.data import batches, tasks
 from wst_jax.data.assets import resolve
 from wst_jax.step import Rollout, student_prompts
@@ -105,7 +105,6 @@ def test_gpu_config_smoke_two_steps_on_cpu(tmp_path):
 def test_probe_rows_on_real_models_resume_from_their_records(tmp_path):
   """`wst_jax.probe` on SmolLM2 (both roles, the :smoke sizes): every row is scored and recorded
   per question; a rerun answers nothing again (the records are complete) and gives the table."""
-  from wst_jax import probe
   config = real_gsm8k_gpu.get_config("smoke")
   texts = ["Let's think step by step.", "Reply with the number only."]
   config.probe = dict(instructions={"system": texts, "user_after": texts})
@@ -156,3 +155,10 @@ def test_eval_row_e_teacher_has_its_own_tokenizer_and_chat_template(tmp_path):
   assert row["source"] == f"(e) teacher {real_gsm8k_cpu.STUDENT}"
   assert row["n"] == 2 and row["instruction_tokens"] > 0
   assert set(table["instructions"]) == {table["rows"][2]["source"], row["source"]}
+
+
+def test_answer_shape_counts_refusals_and_canned_replies():
+  shape = probe.answer_shape(["Sorry, but I can't assist with that.",
+                              " Sorry, but I can't assist with that.", "Sure: lock the door.",
+                              "I cannot help with that.", "Check the sorrel first."])
+  assert shape == {"refusals": 0.6, "most_common": 0.4}

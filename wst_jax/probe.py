@@ -9,8 +9,9 @@ in its placement; then the untrained teacher's sampled instructions, placed as t
 them, under each of config.probe.meta_prompts and config.probe.temperatures (what training starts
 from; its first 50 samples go to OUT/<row>.md, for counting how many are instructions at all).
 For each: accuracy (or reward-model score) with its 95% bootstrap interval, paired with the first
-row (the student alone), the mean answer length and how many answers hit the budget
-(rollout.answer_len) and half of it. Then the headroom (`headroom`): what a per-question oracle
+row (the student alone), the mean answer length, how many answers hit the budget
+(rollout.answer_len) and half of it, and how alike the answers are (`answer_shape`: refusals, the
+most common answer's share). Then the headroom (`headroom`): what a per-question oracle
 over the instructions gains and loses against the student alone; and the go-or-stop check
 (`split_choice`): the best source chosen on the first half of the questions, its paired
 difference on the second half. Every row's answers go to OUT/probe/<row>-<key>.jsonl as they are
@@ -19,7 +20,9 @@ row.
 """
 from __future__ import annotations
 
+import collections
 import json
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -81,19 +84,32 @@ def teacher_samples(name: str, config, result, limit: int = 50) -> str:
   return "\n".join(lines) + "\n"
 
 
+# A refusal, by its words (the HH issue's measure): what a harmlessness reward can be pleased by.
+REFUSAL = re.compile(r"\b(sorry|I can(?:no|')t|I can not|I won't|I(?:'m| am) (?:not able|unable)|"
+                     r"not (?:able|appropriate)|can(?:no|')t (?:assist|help))\b", re.IGNORECASE)
+
+
+def answer_shape(answers: list[str]) -> dict:
+  """How alike a row's answers are: the share that refuse (`REFUSAL`) and the share that are the
+  row's most common answer word for word (a canned reply)."""
+  common = collections.Counter(a.strip() for a in answers).most_common(1)
+  return dict(refusals=float(np.mean([bool(REFUSAL.search(a)) for a in answers])),
+              most_common=float(common[0][1] / len(answers)) if common else 0.0)
+
+
 def markdown(rows: list[dict], metric: str, budget: int) -> str:
   """The probe's table; "vs. alone" is each row paired with the first on the same questions:
   the difference with its paired bootstrap 95% interval and McNemar's p (0/1 rewards)."""
   lines = [f"| row | n | {metric} | 95% CI | vs. {rows[0]['row']}, paired | mean answer "
-           f"tokens | answers at the {budget}-token budget | at {budget // 2} |",
-           "|---|---:|---:|---|---|---:|---:|---:|"]
+           f"tokens | answers at the {budget}-token budget | at {budget // 2} | refusals "
+           "| the most common answer |", "|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
   for r in rows:
     p = r["vs_alone"]
     vs = f"{p['diff']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]" + (
         f", p = {p['mcnemar_p']:.2g}" if "mcnemar_p" in p else "")
     lines.append(f"| {r['row']} | {r['n']} | {r['mean']:.3f} | [{r['ci_low']:.3f}, "
                  f"{r['ci_high']:.3f}] | {vs} | {r['answer_tokens']:.1f} | {r['hit_budget']} | "
-                 f"{r['hit_half_budget']} |")
+                 f"{r['hit_half_budget']} | {r['refusals']:.0%} | {r['most_common']:.0%} |")
   return "\n".join(lines)
 
 
@@ -131,9 +147,10 @@ def analysis_markdown(rows: list[dict], rewards: dict, config) -> str:
   written = [r["row"] for r in rows if r["source"] == "fixed"]
   sources = [r["row"] for r in rows if r["source"] != "none"]
   out = []
+  binary = set(np.unique(np.concatenate(list(rewards.values())))) <= {0.0, 1.0}
   for title, names in (("hand-written instructions", written), ("every instruction source",
                                                                 sources)):
-    if names:
+    if names and binary:   # (an oracle of right and wrong: 0/1 rewards only)
       h = headroom(rewards, alone, names)
       out.append(f"- Oracle over the {h['rows']} {title}: {h['oracle']:.3f} (alone "
                  f"{h['alone']:.3f}); right with some row and wrong alone on "
@@ -194,6 +211,7 @@ def probe(config, out: Path) -> list[dict]:
                       answer_tokens=float(result.answer_tokens.mean()),
                       hit_budget=int(np.sum(result.answer_tokens >= budget)),
                       hit_half_budget=int(np.sum(result.answer_tokens >= budget // 2)),
+                      **answer_shape(result.answers),
                       vs_alone=paired_comparison(result.rewards, alone,
                                                  config.eval.bootstrap_samples, config.seed)))
     analysis = analysis_markdown(table, rewards, config)
