@@ -358,3 +358,32 @@ def test_plan_counts_the_requests_and_no_student_memory(world, capsys):
   assert r["per_step"] == 8 and r["training"] == 8 * 3 and r["evaluation"] == 4 * 8
   assert r["max_completion_tokens"] == (24 + 32) * config.rollout.answer_len
   assert "requests a step" in plan.format_plan(made)
+
+
+def test_a_reward_model_scores_the_api_students_text(world, tmp_path):
+  """HH-RLHF through the server: dialogues as chat turns, the reward model (head recipe on the
+  student's backbone) reading each answer as text; a step trains and the table scores its rows."""
+  from test_reward_model import hh_pairs, write_pairs
+
+  from wst_jax import reward_model
+  from wst_jax.eval import evaluate
+  config = api_config(world, world[2].base_url)
+  data = write_pairs(tmp_path / "harmless-base-test.jsonl.gz", hh_pairs(24))
+  config.task.update(name="hh_rlhf", train_path=str(data), eval_path="", eval_size=4)
+  config.prompt.update(dialogue=True)
+  config.data.update(question_len=40, teacher_prompt_len=96)
+  config.reward.update(kind="reward_model", model_path=reward_model.REFERENCE)
+  config.reward_model = dict(
+      cache_dir=str(tmp_path / "cache"), recipe="head", backbone="", init="student",
+      response_len=8, num_buckets=1, batch_size=8, num_epochs=1,
+      head=dict(dev_fraction=0.25, l2=[1e-3], steps=50, learning_rate=1e-2),
+      optim=dict(learning_rate=1e-4, warmup_steps=0, final_lr_fraction=0.1, b1=0.9, b2=0.98,
+                 weight_decay=0.0, max_grad_norm=1.0))
+  config.train.update(num_steps=1)
+  train(config, tmp_path / "run")
+  row, = metrics(tmp_path / "run")
+  assert np.isfinite(row["reward"]) and row["student_asked"] > 0
+  result = evaluate(config, tmp_path / "run")
+  rows = result["tables"][0]["rows"]
+  assert result["metric"] == "reward-model score" and len(rows) == 4
+  assert len({r["mean"] for r in rows}) > 1   # each row's own answers, scored

@@ -112,11 +112,3 @@ def _check_api_student(config) -> None:
   if not config.prompt.chat:
     raise ConfigError("config.student.backend='openai' sends chat turns: set config.prompt.chat "
                       "to 'system', 'user_before' or 'user_after' (where the instruction goes).")
-  if config.reward.kind != "verifier":
-    raise ConfigError("config.student.backend='openai' is scored by a verifier only for now: "
-                      "set config.reward.kind='verifier' (a reward model reads the student's "
-                      "tokens in-graph).")
-  if config.data.question_len:
-    raise ConfigError(f"config.data.question_len={config.data.question_len} counts student "
-                      "tokens, which an API student has none of here: set it to 0 (questions "
-                      "are sent whole).")

@@ -221,14 +221,14 @@ def _answer_in_jax(setup, arrays, todo, prompts, prompt_masks, desc: str, keep) 
 
 def _answer_by_api(setup, arrays, todo, instructions: list[str], desc: str, keep) -> dict:
   """The API student's answers to rows `todo` (`ApiStudent.ask`: the journal first, each answer
-  journaled as it arrives), scored by the verifier; keep(rows, texts, reward, tokens). -> the
-  requests' counts."""
+  journaled as it arrives), scored on the host (`rewards.text_reward`); keep(rows, texts,
+  reward, tokens). -> the requests' counts."""
   answers, counts = setup.student_api.ask(
       [batches.decode_text(q) for q in arrays["question"][todo]],
       [instructions[i] for i in todo], tqdm(total=len(todo), desc=desc, leave=False))
   texts = [a.text for a in answers]
-  reward = rewards.verifier_scores(setup.config.task.verifier, texts,
-                                   [batches.decode_text(g) for g in arrays["gold"][todo]])
+  reward = setup.score_text([batches.decode_text(q) for q in arrays["question"][todo]], texts,
+                            arrays["gold"][todo] if "gold" in arrays else None)
   keep(todo, texts, reward, [a.completion_tokens for a in answers])
   return counts
 

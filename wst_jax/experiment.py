@@ -125,7 +125,9 @@ class Setup:
     teacher_def, self.teacher_params = nnx.split(teacher, nnx.Param)
     reference_def = nnx.graphdef(teacher_lm)
     if student_from is None and self.student_api is not None:
-      student_def, self.frozen, self.reward_fn = None, {}, None   # rewards on the host
+      # Answers arrive as text: the reward reads them on the host (`rewards.text_reward`).
+      student_def, self.frozen, self.reward_fn = None, {}, None
+      self.score_text = rewards.text_reward(config, self.paths.get("reward_model"))
     elif student_from is None:
       student = checkpoints.load_decoder(self.paths["student"], mesh=self.mesh,
                                          **config.student.dtypes)
@@ -134,6 +136,7 @@ class Setup:
       self.reward_fn = self._reward_fn()
     else:
       student_def, self.reward_fn = student_from.roles.student, student_from.reward_fn
+      self.score_text = getattr(student_from, "score_text", None)
       self.frozen = dict(student_from.frozen)
     self.roles = Roles(teacher_def, reference_def, student_def)
     self.task = load_task(config.task, config.seed)

@@ -107,3 +107,15 @@ class TextRewardModel:
       ids, mask = left_pad(padded, width, self.tokenizer.pad_token_id or 0, "reward rows")
       out[start:start + len(chunk)] = np.asarray(self._scores(self._state, ids, mask))[:len(chunk)]
     return out
+
+
+def text_reward(config, reward_model_folder=None) -> Callable:
+  """Host side, for answers given as text (a student behind an API): -> score(questions,
+  answers, gold) -> f32[N]. The task's verifier against gold uint8[N, G] (`batches.encode_text`),
+  or the reward model at `reward_model_folder` reading [question][answer] in its own tokenizer
+  (`TextRewardModel`; the questions arrive already cut to data.question_len)."""
+  if config.reward.kind == "verifier":
+    return lambda questions, answers, gold: verifier_scores(
+        config.task.verifier, answers, [decode_text(g) for g in gold])
+  judge = TextRewardModel(reward_model_folder, 0, config.rollout.answer_len + 1)
+  return lambda questions, answers, gold: judge.score(questions, answers)

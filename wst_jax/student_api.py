@@ -3,7 +3,7 @@ r"""A student behind an OpenAI-compatible chat-completions server (config.studen
 only *asked*, as the paper's closed and too-large students are.
 
     teacher (jitted) --instructions--> host: chat requests, bounded concurrency --answers-->
-    host: the verifier's reward --> PPO update (jitted)
+    host: the reward (verifier or reward model) --> PPO update (jitted)
 
 `make_split_step` is the WST step split on the host there (the JAX student's step stays one
 jitted function, `step.make_train_step`; both share `step.make_phases` and `step.make_learn`).
@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wst_jax import rewards, sharding
+from wst_jax import sharding
 from wst_jax.data.batches import decode_text, student_messages
 from wst_jax.errors import ConfigError, UnavailableError
 from wst_jax.prompting import instruction_texts, strip_stop
@@ -307,12 +307,12 @@ def make_split_step(setup, tx, shardings):
 
   1. the teacher writes k instructions per question (jitted `Phases.write`);
   2. on the host: their text, each row's chat turns, the server's answers (`ApiStudent.ask`),
-     the verifier's reward f32[B x k];
+     their reward f32[B x k] (`rewards.text_reward`: the verifier or the reward model);
   3. old policy, reference, advantages and the PPO update (jitted `step.make_learn`).
 
   batch (leading axis B, one row per question; `batches.encode_examples` without a student
-  tokenizer): teacher_prompt/_mask [B, Pt], question uint8[B, Lq] (its text), gold uint8[B, G],
-  and baseline_reward f32[B] when config.reward.baseline is "student". The metrics add the
+  tokenizer): teacher_prompt/_mask [B, Pt], question uint8[B, Lq] (its text), gold uint8[B, G]
+  (verifier tasks), and baseline_reward f32[B] when config.reward.baseline is "student". The metrics add the
   requests' counts (`Counts`, as student_*) and student_hit_rate (journal hits / answers).
   """
   config, rollout = setup.config, setup.rollout
@@ -332,9 +332,8 @@ def make_split_step(setup, tx, shardings):
         strip_stop(instruction.tokens, instruction.mask, rollout.teacher_eos)))
     questions = [decode_text(q) for q in np.repeat(host["question"], k, axis=0)]
     answers, counts = setup.student_api.ask(questions, texts)
-    gold = np.repeat(host["gold"], k, axis=0)
-    reward = rewards.verifier_scores(config.task.verifier, [a.text for a in answers],
-                                     [decode_text(g) for g in gold])
+    gold = np.repeat(host["gold"], k, axis=0) if "gold" in host else None
+    reward = setup.score_text(questions, [a.text for a in answers], gold)
     answer_metrics = dict(
         answer_len=np.float32(np.mean([a.completion_tokens for a in answers])),
         answer_done=np.float32(np.mean([a.finish_reason == "stop" for a in answers])))

@@ -210,8 +210,8 @@ def encode_examples(examples: list[dict], teacher_tokenizer, student_tokenizer,
   prompt, data = config.prompt, config.data
   tokenizer = student_tokenizer
   pad = None if tokenizer is None else tokenizer.pad_token_id
-  if tokenizer is not None:
-    examples, _ = truncate_questions(examples, tokenizer, data.question_len)
+  # (An API student has no tokenizer here: its questions are cut in the teacher's tokens.)
+  examples, _ = truncate_questions(examples, tokenizer or teacher_tokenizer, data.question_len)
   out = {}
   out["teacher_prompt"], out["teacher_prompt_mask"] = left_pad(
       [segment_ids(teacher_tokenizer, prompt.teacher_template.format(question=e["question"]))
@@ -231,7 +231,7 @@ def encode_examples(examples: list[dict], teacher_tokenizer, student_tokenizer,
           f"data.{part}_len")
   if config.reward.kind == "verifier":
     out["gold"] = encode_text([e["answer"] for e in examples], data.gold_len, "data.gold_len")
-  else:
+  elif tokenizer is not None:   # (an API student's reward model reads the question's text)
     out["rm_prompt"], out["rm_prompt_mask"] = left_pad(
         [segment_ids(tokenizer, e["question"]) for e in examples], data.rm_prompt_len, pad,
         "data.rm_prompt_len")
