@@ -43,11 +43,9 @@ SYSTEM_TURN = AFTER_LAST_TURN[:2]
 def reward_model_block(cache_dir: str, backbone: str = "") -> dict:
   """The reward model's recipe: a head on the frozen backbone ("" = the student)."""
   return dict(cache_dir=cache_dir, recipe="head", backbone=backbone, init="student",
-              response_len=128, num_buckets=4, batch_size=8, num_epochs=1,
+              response_len=128, num_buckets=4, batch_size=8,
               head=dict(dev_fraction=0.2, l2=[1e-4, 1e-3, 1e-2, 1e-1], steps=500,
-                        learning_rate=1e-2),
-              optim=dict(learning_rate=1e-4, warmup_steps=0, final_lr_fraction=0.1, b1=0.9,
-                         b2=0.98, weight_decay=0.0, max_grad_norm=1.0))
+                        learning_rate=1e-2))
 
 
 def get_config(arg: str = ""):

@@ -375,10 +375,8 @@ def test_a_reward_model_scores_the_api_students_text(world, tmp_path):
   config.reward.update(kind="reward_model", model_path=reward_model.REFERENCE)
   config.reward_model = dict(
       cache_dir=str(tmp_path / "cache"), recipe="head", backbone="", init="student",
-      response_len=8, num_buckets=1, batch_size=8, num_epochs=1,
-      head=dict(dev_fraction=0.25, l2=[1e-3], steps=50, learning_rate=1e-2),
-      optim=dict(learning_rate=1e-4, warmup_steps=0, final_lr_fraction=0.1, b1=0.9, b2=0.98,
-                 weight_decay=0.0, max_grad_norm=1.0))
+      response_len=8, num_buckets=1, batch_size=8,
+      head=dict(dev_fraction=0.25, l2=[1e-3], steps=50, learning_rate=1e-2))
   config.train.update(num_steps=1)
   train(config, tmp_path / "run")
   row, = metrics(tmp_path / "run")

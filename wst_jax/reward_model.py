@@ -72,6 +72,7 @@ def judge_config(config):
     judge.reward_model = judge.judge_model
   return judge
 
+
 # ------------------------------------------------------------------------------ config
 
 
@@ -89,21 +90,27 @@ def validate(config) -> None:
   recipe = rm.get("recipe", "full")
   if recipe not in RECIPES:
     raise ConfigError(f"config.reward_model.recipe={recipe!r}; choose one of {RECIPES}.")
+  # Each recipe reads its own fields: "full" num_epochs and optim, "head" the head block.
+  positive = {f: rm[f] for f in ("batch_size", "response_len", "num_buckets")}
   if recipe == "head":
     if rm.init != "student":
       raise ConfigError("config.reward_model.recipe='head' trains a head on the backbone's own "
                         "features: set config.reward_model.init='student'.")
-    if not 0 < rm.head.dev_fraction < 1 or not rm.head.l2:
-      raise ConfigError("config.reward_model.head needs dev_fraction in (0, 1) and a non-empty "
-                        f"l2 list (the candidates chosen on dev); got {rm.head.to_dict()}.")
-  positive = {f: rm[f] for f in ("num_epochs", "batch_size", "response_len", "num_buckets")}
-  positive.update({f"optim.{f}": rm.optim[f] for f in ("learning_rate", "max_grad_norm")})
+    if "head" not in rm or not 0 < rm.head.dev_fraction < 1 or not rm.head.l2:
+      raise ConfigError("config.reward_model.head needs dev_fraction in (0, 1), a non-empty l2 "
+                        "list (the candidates chosen on dev), steps and learning_rate; got "
+                        f"{rm.get('head')}.")
+    positive.update({f"head.{f}": rm.head[f] for f in ("steps", "learning_rate")})
+  else:
+    positive["num_epochs"] = rm.num_epochs
+    positive.update({f"optim.{f}": rm.optim[f] for f in ("learning_rate", "max_grad_norm")})
+    for field in ("b1", "b2", "final_lr_fraction", "weight_decay"):
+      if not 0 <= rm.optim[field] <= 1:
+        raise ConfigError(f"config.reward_model.optim.{field}={rm.optim[field]!r} must be in "
+                          "[0, 1].")
   for field, value in positive.items():
     if not value > 0:
       raise ConfigError(f"config.reward_model.{field}={value!r} must be > 0.")
-  for field in ("b1", "b2", "final_lr_fraction", "weight_decay"):
-    if not 0 <= rm.optim[field] <= 1:
-      raise ConfigError(f"config.reward_model.optim.{field}={rm.optim[field]!r} must be in [0, 1].")
 
 
 def _data_key(path: str) -> str:
