@@ -385,6 +385,13 @@ def test_dialogue_turns_and_the_placement_on_the_last_human_turn():
       "role": "user", "content": "a lock?"}
   assert dialogue_turns("llo\n\nHuman: why\n\nAssistant:") == [{"role": "user",
                                                                    "content": "why"}]
+  # Cut right after the blank lines, or inside a marker; no markers at all.
+  tail = "\n\nAssistant: b\n\nHuman: c\n\nAssistant:"
+  two = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+         {"role": "user", "content": "c"}]
+  assert dialogue_turns("Human: a" + tail) == dialogue_turns("uman: a" + tail) == two
+  assert dialogue_turns("stant: b\n\nHuman: c\n\nAssistant:") == two[2:]
+  assert dialogue_turns("What is 2 plus 2?") == [{"role": "user", "content": "What is 2 plus 2?"}]
   history = dialogue_turns(transcript)[:2]
   for where, fields in PLACEMENTS.items():
     prompt = ConfigDict(dict(fields, dialogue=True))

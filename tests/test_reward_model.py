@@ -325,3 +325,16 @@ def test_eval_table_scores_every_row_with_a_judge_built_on_another_backbone(buil
   assert all(r["judge_ci_low"] <= r["judge_mean"] <= r["judge_ci_high"] for r in rows)
   assert len({r["judge_mean"] for r in rows}) > 1   # the judge reads each row's own answers
   assert "| judge score |" in result["markdown"]
+
+
+def test_chat_pairs_drop_the_space_a_chat_answer_never_starts_with(built):
+  """HH responses follow "Assistant:" with a space; a chat student's answer starts its own turn
+  without one. With prompt.chat set the training rows read like the answers they will score,
+  and the cache key says so."""
+  config, _, _ = built
+  chat = config.copy_and_resolve_references()
+  chat.prompt.update(chat="user_after", student_prefix="{question}", student_suffix="")
+  plain, stripped = reward_model.pairs(config).eval, reward_model.pairs(chat).eval
+  assert all(e["chosen"].startswith(" ") for e in plain)
+  assert [e["chosen"] for e in stripped] == [e["chosen"].lstrip() for e in plain]
+  assert reward_model.cache_key(chat, "s") != reward_model.cache_key(config, "s")

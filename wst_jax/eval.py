@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from wst_jax import errors, rewards, sharding, student_api
+from wst_jax import errors, reward_model, rewards, sharding, student_api
 from wst_jax.data import batches
 from wst_jax.data.batches import segment_ids
 from wst_jax.data.registry import load_eval_examples
@@ -445,8 +445,13 @@ def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
   metric = "accuracy" if config.reward.kind == "verifier" else "reward-model score"
   judge = None
   if config.eval.judge_path:   # a second reward model, in its own tokenizer (`TextRewardModel`)
+    # Answers of up to answer_len tokens and their stop token; a judge built here reads no
+    # more than its training rows held.
+    read = config.rollout.answer_len + 1
+    if config.eval.judge_path == reward_model.JUDGE:
+      read = min(read, config.judge_model.response_len)
     judge = rewards.TextRewardModel(resolve_model_ref(config.eval.judge_path, config),
-                                    config.data.question_len, config.rollout.answer_len + 1)
+                                    config.data.question_len, read)
   tables = []
   other_sets = [eval_sets(s) for _, s in others]
   for i, (title, arrays, dialogues) in enumerate(eval_sets(setup)):

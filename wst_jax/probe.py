@@ -85,8 +85,9 @@ def teacher_samples(name: str, config, result, limit: int = 50) -> str:
 
 
 # A refusal, by its words (the HH issue's measure): what a harmlessness reward can be pleased by.
-REFUSAL = re.compile(r"\b(sorry|I can(?:no|')t|I can not|I won't|I(?:'m| am) (?:not able|unable)|"
-                     r"not (?:able|appropriate)|can(?:no|')t (?:assist|help))\b", re.IGNORECASE)
+REFUSAL = re.compile(r"\b(sorry|I can(?:no|'|’)t|I can not|I won(?:'|’)t|"
+                     r"I(?:'m|’m| am) (?:not able|unable)|not (?:able|appropriate)|"
+                     r"can(?:no|'|’)t (?:assist|help))\b", re.IGNORECASE)
 
 
 def answer_shape(answers: list[str]) -> dict:

@@ -53,6 +53,8 @@ from wst_jax.models import Decoder, ScalarHeadLM, positions_from_mask
 from wst_jax.sampling import prefill
 
 REPORT = "reward_model.json"
+# The version of what a training row holds (`pairs`, `pair_parts`): a change of it is a new key.
+ROW_FORMAT = 2
 INITS = ("student", "fresh")
 # "full": every weight trained (init from the backbone or fresh); "head": the backbone frozen,
 # its features computed once per row, a linear head fitted on them (`fit_head`).
@@ -121,13 +123,15 @@ def _data_key(path: str) -> str:
 def cache_key(config, student_key: str) -> str:
   """Hash of everything the reward model depends on: config.reward_model (cache_dir aside), the
   task's pairs (a local file's contents, not its path; a hub name; the split), data.question_len,
-  the seed and the student, as `student_key` says what it is (`student_identity`)."""
+  the seed, the backbone, as `student_key` says what it is (`student_identity`), and the rows'
+  format (ROW_FORMAT; chat responses without their leading space)."""
   task = config.task
   return cache.content_key({
       "reward_model": {k: v for k, v in config.reward_model.to_dict().items() if k != "cache_dir"},
       "task": {k: task[k] for k in ("name", "eval_size", "skip_malformed")},
       "data": {"train": _data_key(task.train_path), "eval": _data_key(task.eval_path)},
-      "question_len": config.data.question_len, "seed": config.seed, "student": student_key})
+      "question_len": config.data.question_len, "seed": config.seed, "student": student_key,
+      "rows": ROW_FORMAT, "chat_responses": bool(config.prompt.chat)})
 
 
 # ------------------------------------------------------------------------------ data
@@ -138,7 +142,14 @@ def pairs(config) -> Task:
   the WST training prompts; the eval split is the table's held-out pairs, also for a config
   whose task.dev_size makes its own eval split a dev one: one reward model for both)."""
   task_cfg = ConfigDict(dict(config.task.to_dict(), max_train=0, dev_size=0))
-  return load_task(task_cfg, config.seed)
+  task = load_task(task_cfg, config.seed)
+  if not config.prompt.chat:
+    return task
+  # A chat student's answer starts its own turn, with no space after "Assistant:" as HH's
+  # responses have: trained on those, the model would score rows unlike the ones it reads.
+  chat = lambda examples: [dict(e, chosen=e["chosen"].lstrip(), rejected=e["rejected"].lstrip())
+                           for e in examples]
+  return Task(chat(task.train), chat(task.eval))
 
 
 def pair_parts(examples: list[dict], tokenizer, question_len: int, response_len: int):

@@ -91,20 +91,30 @@ def student_messages(prompt, question: str, instruction: str) -> list[dict]:
   return [*history, {"role": "user", "content": before + instruction + after}]
 
 
-_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+_TURN = re.compile(r"(?:^\s*|\n\n)(Human|Assistant):[ ]?")
+# A transcript cut on the left inside a marker: its head starts with the marker's tail.
+_CUT_MARKER = re.compile(r"^\s*(\w*):[ ]?")
 
 
 def dialogue_turns(transcript: str) -> list[dict]:
   """An HH-RLHF transcript ("\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant:") -> chat
   turns [user a, assistant b, user c]: the final empty assistant turn dropped, and a fragment
-  before the first marker (a dialogue cut on the left, `truncate_questions`) kept as the turn it
-  was part of, or dropped when that was an assistant's (chat turns start with the user). The
-  last turn is the user's."""
+  before the first marker (a dialogue cut on the left, `truncate_questions`, even inside a
+  marker: "uman: a") kept as the turn it was part of, or dropped when that was an assistant's
+  (chat turns start with the user). A text without markers is one human turn. The last turn is
+  the user's."""
   parts = _TURN.split(transcript)
   head, pairs = parts[0], list(zip(parts[1::2], parts[2::2]))
+  cut = _CUT_MARKER.match(head)
+  for who in ("Human", "Assistant"):
+    if cut and cut.group(1) and who.endswith(cut.group(1)):   # e.g. "uman: ..."
+      pairs.insert(0, (who, head[cut.end():]))
+      head = ""
+  if not pairs:   # no markers at all: one human turn
+    return [{"role": "user", "content": transcript}]
   turns = [{"role": "user" if who == "Human" else "assistant", "content": text}
            for who, text in pairs]
-  if head.strip() and turns and turns[0]["role"] == "assistant":
+  if head.strip() and turns[0]["role"] == "assistant":
     turns.insert(0, {"role": "user", "content": head})   # the cut-off human turn
   while turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"].strip():
     turns.pop()
