@@ -1,7 +1,8 @@
 """A student behind a real OpenAI-compatible server (`transformers serve`, tests/serving.py):
 WST steps end to end with a checkpoint and a resume, the answer journal, faults through a proxy,
 a server killed mid-step, start-up errors, the evaluation table, and the served student's greedy
-answers against ours in JAX."""
+answers against ours in JAX. The same chat-templated tiny world also carries the HH dialogue
+prompts and stage 1 of the HH table with a judge (JAX student)."""
 from __future__ import annotations
 
 import json
@@ -385,3 +386,32 @@ def test_a_reward_model_scores_the_api_students_text(world, tmp_path):
   rows = result["tables"][0]["rows"]
   assert result["metric"] == "reward-model score" and len(rows) == 4
   assert len({r["mean"] for r in rows}) > 1   # each row's own answers, scored
+
+
+def test_hh_probe_rows_with_a_judge_on_the_jax_student(world, tmp_path):
+  """Stage 1 of the HH table on the tiny world (the JAX student this time): dialogues as chat
+  turns, a head-recipe reward model on the student and a judge on the teacher; every probe row
+  has both scores, refusals and the most common answer's share."""
+  from test_reward_model import hh_pairs, write_pairs
+
+  from wst_jax import probe, reward_model
+  paths, base, _ = world
+  config = base.copy_and_resolve_references()
+  data = write_pairs(tmp_path / "harmless-base-test.jsonl.gz", hh_pairs(24))
+  config.task.update(name="hh_rlhf", train_path=str(data), eval_path="", eval_size=4)
+  config.prompt.update(dialogue=True)
+  config.data.update(question_len=40, teacher_prompt_len=96, student_prefix_len=64,
+                     rm_prompt_len=40)
+  config.reward.update(kind="reward_model", model_path=reward_model.REFERENCE)
+  block = dict(cache_dir=str(tmp_path / "cache"), recipe="head", backbone="", init="student",
+               response_len=8, num_buckets=1, batch_size=8,
+               head=dict(dev_fraction=0.25, l2=[1e-3], steps=50, learning_rate=1e-2))
+  config.reward_model = block
+  config.judge_model = dict(block, backbone=str(paths["teacher"]))
+  config.eval.judge_path = reward_model.JUDGE
+  config.probe = dict(instructions={"user_after": ["Be kind."], "system": ["Be brief."]})
+  table = probe.probe(config, tmp_path / "probe")
+  assert len(table) == 3 and all("judge_mean" in r and "refusals" in r for r in table)
+  assert table[0]["judge_vs_alone"]["diff"] == 0.0
+  signal = (tmp_path / "probe" / "signal.md").read_text()
+  assert "judge score" in signal and "Oracle" not in signal   # no 0/1 oracle for scores

@@ -416,6 +416,20 @@ def eval_sets(setup) -> list[tuple[str, dict, list[str]]]:
   return sets
 
 
+def make_judge(config) -> rewards.TextRewardModel | None:
+  """config.eval.judge_path's reward model, reading answers as text in its own tokenizer
+  (built first if it is "pretrained:judge"), or None when there is none."""
+  if not config.eval.judge_path:
+    return None
+  # Answers of up to answer_len tokens and their stop token; a judge built here reads no more
+  # than its training rows held.
+  read = config.rollout.answer_len + 1
+  if config.eval.judge_path == reward_model.JUDGE:
+    read = min(read, config.judge_model.response_len)
+  return rewards.TextRewardModel(resolve_model_ref(config.eval.judge_path, config),
+                                 config.data.question_len, read)
+
+
 def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
   """Runs every row of the table on each eval set; prints and writes the tables.
 
@@ -443,15 +457,7 @@ def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
     others.append((f"(e) teacher {Path(config.eval.teacher_path).name}",
                    teacher_setup(config, setup)))
   metric = "accuracy" if config.reward.kind == "verifier" else "reward-model score"
-  judge = None
-  if config.eval.judge_path:   # a second reward model, in its own tokenizer (`TextRewardModel`)
-    # Answers of up to answer_len tokens and their stop token; a judge built here reads no
-    # more than its training rows held.
-    read = config.rollout.answer_len + 1
-    if config.eval.judge_path == reward_model.JUDGE:
-      read = min(read, config.judge_model.response_len)
-    judge = rewards.TextRewardModel(resolve_model_ref(config.eval.judge_path, config),
-                                    config.data.question_len, read)
+  judge = make_judge(config)
   tables = []
   other_sets = [eval_sets(s) for _, s in others]
   for i, (title, arrays, dialogues) in enumerate(eval_sets(setup)):

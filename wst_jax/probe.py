@@ -30,7 +30,7 @@ import numpy as np
 
 from wst_jax import errors
 from wst_jax.data.batches import PLACEMENTS
-from wst_jax.eval import content_key, run_source, slug
+from wst_jax.eval import content_key, make_judge, run_source, slug
 from wst_jax.experiment import Setup
 from wst_jax.stats import bootstrap_interval, paired_comparison
 
@@ -101,17 +101,28 @@ def answer_shape(answers: list[str]) -> dict:
 def markdown(rows: list[dict], metric: str, budget: int) -> str:
   """The probe's table; "vs. alone" is each row paired with the first on the same questions:
   the difference with its paired bootstrap 95% interval and McNemar's p (0/1 rewards)."""
-  lines = [f"| row | n | {metric} | 95% CI | vs. {rows[0]['row']}, paired | mean answer "
-           f"tokens | answers at the {budget}-token budget | at {budget // 2} | refusals "
-           "| the most common answer |", "|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
+  judged = "judge_mean" in rows[0]
+  lines = [f"| row | n | {metric} | 95% CI | vs. {rows[0]['row']}, paired | "
+           + ("judge score [95% CI] | judge vs. alone | " if judged else "")
+           + f"mean answer tokens | answers at the {budget}-token budget | at {budget // 2} | "
+           "refusals | the most common answer |",
+           "|---|---:|---:|---|---|" + ("---|---|" if judged else "") + "---:|---:|---:|---:|---:|"]
   for r in rows:
-    p = r["vs_alone"]
-    vs = f"{p['diff']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]" + (
-        f", p = {p['mcnemar_p']:.2g}" if "mcnemar_p" in p else "")
+    judge = ""
+    if judged:
+      judge = (f"{r['judge_mean']:.3f} [{r['judge_ci_low']:.3f}, {r['judge_ci_high']:.3f}] | "
+               f"{_versus(r['judge_vs_alone'])} | ")
     lines.append(f"| {r['row']} | {r['n']} | {r['mean']:.3f} | [{r['ci_low']:.3f}, "
-                 f"{r['ci_high']:.3f}] | {vs} | {r['answer_tokens']:.1f} | {r['hit_budget']} | "
-                 f"{r['hit_half_budget']} | {r['refusals']:.0%} | {r['most_common']:.0%} |")
+                 f"{r['ci_high']:.3f}] | {_versus(r['vs_alone'])} | {judge}"
+                 f"{r['answer_tokens']:.1f} | {r['hit_budget']} | {r['hit_half_budget']} | "
+                 f"{r['refusals']:.0%} | {r['most_common']:.0%} |")
   return "\n".join(lines)
+
+
+def _versus(p: dict) -> str:
+  """A paired comparison in a table cell: the difference [95% CI], McNemar's p for 0/1."""
+  return f"{p['diff']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]" + (
+      f", p = {p['mcnemar_p']:.2g}" if "mcnemar_p" in p else "")
 
 
 def headroom(rewards: dict[str, np.ndarray], alone: str, names: list[str]) -> dict:
@@ -180,7 +191,8 @@ def probe(config, out: Path) -> list[dict]:
   metric = "accuracy" if config.reward.kind == "verifier" else "reward-model score"
   budget = config.rollout.answer_len
   # held: (prompt, setup, step inputs) of the current rows; one setup's models at a time.
-  held, table, rewards = None, [], {}
+  held, table, rewards, judged = None, [], {}, {}
+  judge = make_judge(config)   # a second reward model beside the reward, if the config has one
   for name, prompt, source, text, temperature in probe_rows(config):
     placed = config.copy_and_resolve_references()
     with placed.unlocked():
@@ -203,6 +215,14 @@ def probe(config, out: Path) -> list[dict]:
     lo, hi = bootstrap_interval(result.rewards, config.eval.bootstrap_samples, config.seed)
     rewards[name] = result.rewards
     alone = rewards[table[0]["row"]] if table else result.rewards
+    judge_scores = {}
+    if judge is not None:
+      judged[name] = judge.score([e["question"] for e in setup.task.eval], result.answers)
+      j_lo, j_hi = bootstrap_interval(judged[name], config.eval.bootstrap_samples, config.seed)
+      judge_scores = dict(judge_mean=float(judged[name].mean()), judge_ci_low=j_lo,
+                          judge_ci_high=j_hi, judge_vs_alone=paired_comparison(
+                              judged[name], judged[table[0]["row"]] if table else judged[name],
+                              config.eval.bootstrap_samples, config.seed))
     if source == "teacher":
       (out / f"{slug(name)}.md").write_text(teacher_samples(name, placed, result))
     table.append(dict(row=name, source=source, placement=placed.prompt.chat,
@@ -212,7 +232,7 @@ def probe(config, out: Path) -> list[dict]:
                       answer_tokens=float(result.answer_tokens.mean()),
                       hit_budget=int(np.sum(result.answer_tokens >= budget)),
                       hit_half_budget=int(np.sum(result.answer_tokens >= budget // 2)),
-                      **answer_shape(result.answers),
+                      **answer_shape(result.answers), **judge_scores,
                       vs_alone=paired_comparison(result.rewards, alone,
                                                  config.eval.bootstrap_samples, config.seed)))
     analysis = analysis_markdown(table, rewards, config)
