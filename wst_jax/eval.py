@@ -182,18 +182,18 @@ def run_source(setup, arrays, source: str, teacher=(None, None), desc: str = "",
       sent = instruction_texts(setup.teacher_tokenizer, ids, masks)   # special tokens left out
       counts = _answer_by_api(setup, arrays, todo, sent, desc or source, keep)
     elif len(todo):
-      _answer_in_jax(setup, arrays, todo, *prompts, desc or source, keep)
+      _answer_in_jax(setup, arrays, todo, *prompts, mine, desc or source, keep)
   finally:
     done.close()
   return _result([done.get(i) for i in range(n)], counts)
 
 
-def _answer_in_jax(setup, arrays, todo, prompts, prompt_masks, desc: str, keep) -> None:
+def _answer_in_jax(setup, arrays, todo, prompts, prompt_masks, mine: slice, desc: str,
+                   keep) -> None:
   """The JAX student's answers to prompts[todo] (`_answers`), scored by the setup's reward in
-  groups of config.eval.batch_size rows as they end; keep(rows, texts, reward, tokens)."""
+  groups of config.eval.batch_size rows as they end (`mine`: the rows of a group this process
+  feeds); keep(rows, texts, reward, tokens)."""
   bs = setup.config.eval.batch_size
-  procs, proc = jax.process_count(), jax.process_index()
-  mine = slice(proc * bs // procs, (proc + 1) * bs // procs)
   # The reward functions read the answer's tokens and mask only.
   score = jax.jit(lambda frozen, batch, tokens, mask: setup.reward_fn(
       frozen, batch, Generation(tokens, jnp.zeros(tokens.shape), mask, jnp.any(mask, 1))),
@@ -223,12 +223,11 @@ def _answer_by_api(setup, arrays, todo, instructions: list[str], desc: str, keep
   """The API student's answers to rows `todo` (`ApiStudent.ask`: the journal first, each answer
   journaled as it arrives), scored on the host (`rewards.text_reward`); keep(rows, texts,
   reward, tokens). -> the requests' counts."""
-  answers, counts = setup.student_api.ask(
-      [batches.decode_text(q) for q in arrays["question"][todo]],
-      [instructions[i] for i in todo], tqdm(total=len(todo), desc=desc, leave=False))
+  questions = [batches.decode_text(q) for q in arrays["question"][todo]]
+  answers, counts = setup.student_api.ask(questions, [instructions[i] for i in todo],
+                                          tqdm(total=len(todo), desc=desc, leave=False))
   texts = [a.text for a in answers]
-  reward = setup.score_text([batches.decode_text(q) for q in arrays["question"][todo]], texts,
-                            arrays["gold"][todo] if "gold" in arrays else None)
+  reward = setup.score_text(questions, texts, arrays["gold"][todo] if "gold" in arrays else None)
   keep(todo, texts, reward, [a.completion_tokens for a in answers])
   return counts
 

@@ -94,7 +94,7 @@ class Setup:
     self.config, self.training = config, training
     # A student behind an API (student.backend "openai"): asked over HTTP on the host, with no
     # tokenizer, weights or reward function here; its server is checked before any other work.
-    self.student_api = None
+    self.student_api = self.score_text = None   # (score_text: set below for an API student)
     if config.student.backend == "openai":
       if jax.process_count() > 1:
         raise ConfigError("config.student.backend='openai' runs on one process (its requests "
@@ -136,7 +136,7 @@ class Setup:
       self.reward_fn = self._reward_fn()
     else:
       student_def, self.reward_fn = student_from.roles.student, student_from.reward_fn
-      self.score_text = getattr(student_from, "score_text", None)
+      self.score_text = student_from.score_text
       self.frozen = dict(student_from.frozen)
     self.roles = Roles(teacher_def, reference_def, student_def)
     self.task = load_task(config.task, config.seed)

@@ -53,8 +53,7 @@ def host_retokenizer(teacher_tokenizer, student_tokenizer, max_len: int, mesh=No
   def host(ids, mask):
     out_ids = np.full((ids.shape[0], max_len), pad, np.int32)
     out_mask = np.zeros((ids.shape[0], max_len), bool)
-    for i, (row, m) in enumerate(zip(np.asarray(ids), np.asarray(mask, bool))):
-      text, = instruction_texts(teacher_tokenizer, row[None], m[None])
+    for i, text in enumerate(instruction_texts(teacher_tokenizer, ids, mask)):
       new = student_tokenizer.encode(text, add_special_tokens=False)[:max_len]
       out_ids[i, :len(new)], out_mask[i, :len(new)] = new, True
     return out_ids, out_mask

@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 
 from wst_jax import ppo
-from wst_jax.data.batches import segment_ids
+from wst_jax.data.batches import question_first, segment_ids
 from wst_jax.prompting import (concat_left_padded, constant_segment, host_retokenizer,
                                strip_stop)
 from wst_jax.sampling import Generation, generate, prefill
@@ -67,7 +67,7 @@ class Rollout:
                student_pad=student_tokenizer.pad_token_id,
                instruction_sep=tuple(segment_ids(student_tokenizer,
                                                  config.prompt.instruction_sep)),
-               sep_before_instruction="{question}" in config.prompt.student_prefix,
+               sep_before_instruction=question_first(config.prompt),
                retokenize=retokenize)
 
 

@@ -37,10 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from wst_jax import sharding
-from wst_jax.data.batches import decode_text, student_messages
+from wst_jax.data.batches import decode_text, question_first, student_messages
 from wst_jax.errors import ConfigError, UnavailableError
 from wst_jax.prompting import instruction_texts, strip_stop
-from wst_jax.records import AnswerJournal
+from wst_jax.records import AnswerJournal, request_key
 from wst_jax.step import instructions_per_question, make_learn, make_phases, step_keys
 
 # Retry waits: BACKOFF_S x 2^attempt, at most BACKOFF_CAP_S, times a jitter in [0.5, 1.5) so that
@@ -215,8 +215,7 @@ class ApiStudent:
     between a non-empty instruction and the question, on the question's side."""
     if instruction:
       sep = self.prompt.instruction_sep
-      question_first = "{question}" in self.prompt.student_prefix
-      instruction = sep + instruction if question_first else instruction + sep
+      instruction = sep + instruction if question_first(self.prompt) else instruction + sep
     return student_messages(self.prompt, question, instruction)
 
   def ask(self, questions: list[str], instructions: list[str],
@@ -229,10 +228,10 @@ class ApiStudent:
     conversations = [self.conversation(q, i) for q, i in zip(questions, instructions)]
     counts, stop = Counts(), threading.Event()
     model, settings = self.endpoint.model, self.settings
-    todo = {}   # conversations not in the journal, each once
+    todo = {}   # conversations not in the journal, each once (by the journal's key)
     for messages in conversations:
       if self.journal.lookup(model, messages, settings) is None:
-        todo.setdefault(json.dumps(messages, sort_keys=True), messages)
+        todo.setdefault(request_key(model, messages, settings), messages)
     counts.add(journal_hits=len(conversations) - len(todo))
     if progress is not None:
       progress.update(len(conversations) - len(todo))

@@ -61,9 +61,7 @@ def chat_prompts(prompt, teacher_tokenizer, student_tokenizer) -> dict[str, str]
       question=_QUESTION)}], "teacher")
   if student_tokenizer is None or prompt.dialogue:   # rendered per example, or by the API
     return {"teacher_template": _as_template(teacher)}
-  student = _render(student_tokenizer, student_messages(prompt, _QUESTION, _INSTRUCTION),
-                    "student")
-  prefix, suffix = student.split(_INSTRUCTION)
+  prefix, suffix = student_parts(prompt, student_tokenizer, _QUESTION)
   return {"teacher_template": _as_template(teacher), "student_prefix": _as_template(prefix),
           "student_suffix": _as_template(suffix)}
 
@@ -123,6 +121,12 @@ def dialogue_turns(transcript: str) -> list[dict]:
   if not turns or turns[-1]["role"] != "user":
     raise ConfigError(f"a dialogue does not end with a human turn: {transcript[-120:]!r}")
   return turns
+
+
+def question_first(prompt) -> bool:
+  """Whether the question comes before the instruction (it is in prompt.student_prefix): the
+  side prompt.instruction_sep goes on, for both students."""
+  return "{question}" in prompt.student_prefix
 
 
 def student_parts(prompt, tokenizer, question: str) -> tuple[str, str]:
