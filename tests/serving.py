@@ -113,6 +113,13 @@ def _transformers_cli() -> str:
   return str(cli)
 
 
+def _die_with_parent():
+  """In the server's process, before it starts: SIGTERM when the test process dies, even by a
+  SIGKILL that runs no `finally` (Linux prctl PR_SET_PDEATHSIG), so no server outlives its test."""
+  import ctypes
+  ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # 1: PR_SET_PDEATHSIG
+
+
 def _stop(process: subprocess.Popen, grace: float = 5.0):
   """SIGTERM, then SIGKILL after `grace` seconds (the whole process group: serve starts it in
   a session of its own)."""
@@ -142,7 +149,8 @@ def serve(folder, *, port: int | None = None, dtype: str = "float32", device: st
   and yields a `Server` once GET /v1/models lists the model (the model is loaded before the
   server listens). Raises RuntimeError with the tail of the log if the process exits or
   `deadline` seconds pass first. The log goes to log_dir (default: a new temp dir, kept)/serve.log.
-  On exit the server gets SIGTERM, then SIGKILL after 5 s."""
+  On exit the server gets SIGTERM, then SIGKILL after 5 s; if the test process dies without an
+  exit (SIGKILL), the server gets SIGTERM from the kernel (`_die_with_parent`)."""
   folder = str(Path(folder).resolve())
   port = port or free_port()
   log_dir = Path(log_dir or tempfile.mkdtemp(prefix="wst-serve-"))
@@ -155,7 +163,8 @@ def serve(folder, *, port: int | None = None, dtype: str = "float32", device: st
   base_url = f"http://127.0.0.1:{port}/v1"
   with open(log_path, "wb") as log:
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               env=full_env, start_new_session=True)
+                               env=full_env, start_new_session=True,
+                               preexec_fn=_die_with_parent)
   try:
     model, t0 = None, time.monotonic()
     while model is None:
