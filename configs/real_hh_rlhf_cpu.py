@@ -11,8 +11,9 @@ second one on the teacher's backbone judges the table.
 The dialogue's turns are the student's chat turns (prompt.dialogue) and the instruction goes
 after its last human turn (prompt.chat "user_after"): this student ignores a system turn and obeys
 an instruction placed there (the HH issue's probe). task.eval_size dialogues are held out for the
-table; the reward models train on the other pairs (recipe "head": the backbone frozen, a
-Bradley-Terry head on its features, its L2 chosen on a dev split of those pairs). `:dev` answers
+table; the reward models train on the other pairs (recipe "top": a Bradley-Terry head on the
+frozen backbone, then its last 2 layers and final norm trained with it; the head alone is kept
+if that does not beat it on a dev split of those pairs, where every choice is made). `:dev` answers
 200 training dialogues instead (task.dev_size), where the placement, the budget, the meta-prompt
 and the temperature are chosen before any table is run. Until stage 1 has run, the settings
 below are the first guesses, not choices.
@@ -41,11 +42,17 @@ SYSTEM_TURN = AFTER_LAST_TURN[:2]
 
 
 def reward_model_block(cache_dir: str, backbone: str = "") -> dict:
-  """The reward model's recipe: a head on the frozen backbone ("" = the student)."""
-  return dict(cache_dir=cache_dir, recipe="head", backbone=backbone, init="student",
-              response_len=128, num_buckets=4, batch_size=8,
+  """The reward model's recipe ("" = the student's backbone): "top", whose build compares the
+  issue's two cheap candidates on a dev split of the training pairs and keeps the better one:
+  a head on the frozen backbone (its L2 chosen on dev), and the last 2 layers and the final norm
+  trained with it (the epoch chosen on dev). Both are reported on the held-out pairs, with the
+  seconds of each stage."""
+  return dict(cache_dir=cache_dir, recipe="top", top_layers=2, num_epochs=2, backbone=backbone,
+              init="student", response_len=128, num_buckets=4, batch_size=8,
               head=dict(dev_fraction=0.2, l2=[1e-4, 1e-3, 1e-2, 1e-1], steps=500,
-                        learning_rate=1e-2))
+                        learning_rate=1e-2),
+              optim=dict(learning_rate=2e-5, warmup_steps=20, final_lr_fraction=0.1, b1=0.9,
+                         b2=0.98, weight_decay=0.0, max_grad_norm=1.0))
 
 
 def get_config(arg: str = ""):

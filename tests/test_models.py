@@ -177,6 +177,21 @@ def test_cached_decode_matches_full_forward(tiny, kind):
   np.testing.assert_allclose(got[mask], full[mask], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_layer_ranges_compose_to_the_full_forward(tiny, kind):
+  """embed_tokens, then blocks over [0, s) and [s, L), then the final norm: the forward pass,
+  exactly (what the reward model's recipe "top" trains on)."""
+  _, _, ours = tiny(kind)
+  ids, mask = jnp.asarray(FWD_IDS), jnp.asarray(FWD_MASK)
+  positions = positions_from_mask(mask)
+  _, hidden, _ = ours(ids, positions, mask)
+  for s in range(ours.cfg.num_layers + 1):
+    x, cache = ours.blocks(ours.embed_tokens(ids, positions), positions, mask, slice(0, s))
+    x, rest = ours.blocks(x, positions, mask, slice(s, None))
+    assert len(cache) == s and len(cache) + len(rest) == ours.cfg.num_layers
+    np.testing.assert_array_equal(np.asarray(ours.final_norm(x)), np.asarray(hidden))
+
+
 # ---------------------------------------------------------------- (d) EOS handling
 
 

@@ -126,6 +126,7 @@ def test_probe_rows_on_real_models_resume_from_their_records(tmp_path):
   assert sum(line.startswith("| ") for line in signal.splitlines()) == 1 + 5  # header, rows
   # The headroom and the go check: chosen on the first 2 questions, scored on the other 2.
   assert "Oracle over the 4 hand-written instructions" in signal
+  assert "the untrained teacher's included" not in signal   # no teacher row: one oracle line
   assert "Chosen on the first 2 questions" in signal and "On the other 2:" in signal
 
 

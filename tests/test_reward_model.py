@@ -266,7 +266,7 @@ def test_head_recipe_fits_a_head_on_frozen_features_its_l2_chosen_on_dev(tmp_pat
   folder = experiment.resolve_model_ref(config.reward.model_path, config)
   report = json.loads((folder / reward_model.REPORT).read_text())
   dev = report["dev"]
-  assert report["chosen_l2"] == max([1e-4, 1.0], key=lambda l2: (dev[str(l2)]["accuracy"], l2))
+  assert report["chosen_l2"] == max([1e-4, 1.0], key=lambda l2: reward_model.dev_rank(dev[str(l2)]))
   assert report["after"]["train"]["loss"] < report["before"]["train"]["loss"]
   assert report["after"]["train"]["accuracy"] > 0.9   # the synthetic pairs are separable
   assert report["peak_rss_gib"] > 0 and report["feature_seconds"] > 0
@@ -283,6 +283,99 @@ def test_head_recipe_fits_a_head_on_frozen_features_its_l2_chosen_on_dev(tmp_pat
                                                                          tok.pad_token_id))
   assert in_graph["accuracy"] == report["after"]["held_out"]["accuracy"]
   assert in_graph["loss"] == pytest.approx(report["after"]["held_out"]["loss"], rel=1e-4)
+
+
+def top_config(tmp_path: Path, num_epochs: int = 3):
+  paths = tiny_world.make(tmp_path / "world")
+  config = tiny_config(tmp_path, paths, write_pairs(tmp_path / "harmless-base-test.jsonl.gz",
+                                                    hh_pairs(40)))
+  config.reward_model.update(recipe="top", top_layers=1, num_epochs=num_epochs,
+                             head=dict(dev_fraction=0.25, l2=[1e-4, 1.0], steps=300,
+                                       learning_rate=1e-2))
+  config.reward_model.optim.update(learning_rate=3e-3, warmup_steps=1)
+  return paths, config
+
+
+@pytest.mark.parametrize("head_alone_fails", [False, True])
+def test_top_recipe_trains_the_last_layers_on_the_cached_stream_choosing_on_dev(
+    tmp_path, monkeypatch, head_alone_fails):
+  """Recipe "top": the layers below the top ones are the student's, untouched; the stream path
+  it trains and scores on is the saved folder's in-graph score (the report's held-out accuracy
+  and loss); what it keeps (the best epoch, or the head alone) is the best on dev. A head fitted
+  to zero (dev accuracy 0.5) makes the trained top win, its layers written back."""
+  paths, config = top_config(tmp_path)
+  if head_alone_fails:
+    monkeypatch.setattr(reward_model, "_fitted", lambda features, l2, head: np.zeros(
+        features.shape[-1], np.float32))
+  folder = experiment.resolve_model_ref(config.reward.model_path, config)
+  report = json.loads((folder / reward_model.REPORT).read_text())
+  assert report["frozen_layers"] == 1
+  rank = lambda scores: reward_model.dev_rank(scores["dev"])
+  epochs = [{"dev": e["dev"]} for e in report["top"]["epochs"]]
+  assert len(epochs) == 3 and report["top"]["best_epoch"] == 1 + max(range(3),
+                                                                    key=lambda i: rank(epochs[i]))
+  assert report["top"]["scores"]["dev"] == epochs[report["top"]["best_epoch"] - 1]["dev"]
+  head, top = report["head"]["scores"], report["top"]["scores"]
+  assert report["kept"] == (f"top, epoch {report['top']['best_epoch']}" if rank(top) > rank(head)
+                            else "head")
+  assert report["after"] == (top if report["kept"] != "head" else head)
+  if head_alone_fails:
+    assert head["dev"]["accuracy"] == 0.5 and report["kept"].startswith("top")
+  ours = checkpoints.load_reward_model(folder)
+  student = checkpoints.load_decoder(paths["student"], tie_word_embeddings=True)
+  np.testing.assert_array_equal(np.asarray(ours.lm.embed[...]), np.asarray(student.embed[...]))
+  for a, b in zip(jax.tree.leaves(nnx.state(ours.lm.layers[0], nnx.Param)),
+                  jax.tree.leaves(nnx.state(student.layers[0], nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  top_changed = any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+      jax.tree.leaves(nnx.state(ours.lm.layers[1], nnx.Param)),
+      jax.tree.leaves(nnx.state(student.layers[1], nnx.Param))))
+  assert top_changed == report["kept"].startswith("top")
+  tok = checkpoints.load_tokenizer(folder)
+  chosen, rejected, _ = reward_model.pair_rows(reward_model.pairs(config).eval, tok,
+                                               config.data.question_len,
+                                               config.reward_model.response_len)
+  in_graph = reward_model.evaluate_pairs(ours, reward_model.pair_batches(
+      chosen, rejected, config.reward_model.batch_size, config.reward_model.num_buckets,
+      tok.pad_token_id))
+  assert in_graph["accuracy"] == report["after"]["held_out"]["accuracy"]
+  assert in_graph["loss"] == pytest.approx(report["after"]["held_out"]["loss"], rel=1e-4)
+
+
+def test_top_recipe_choices_do_not_read_the_held_out_pairs(tmp_path):
+  """The held-out pairs swapped (chosen <-> rejected): the same L2, epochs and kept model on dev,
+  only the held-out scores move."""
+  paths, config = top_config(tmp_path, num_epochs=2)
+  tok = checkpoints.load_tokenizer(paths["student"])
+  task = reward_model.pairs(config)
+  parts = {name: reward_model.pair_parts(examples, tok, config.data.question_len,
+                                         config.reward_model.response_len)[:3]
+           for name, examples in [("train", task.train), ("held_out", task.eval)]}
+  dialogues, chosen, rejected = parts["held_out"]
+  reports = [reward_model.train_top(reward_model.initial_model(paths["student"], "student", 0),
+                                    dict(parts, held_out=held_out), config, tok.pad_token_id)
+             for held_out in (parts["held_out"], (dialogues, rejected, chosen))]
+  choices = [(r["head"]["chosen_l2"], r["head"]["dev"], r["top"]["epochs"], r["top"]["best_epoch"],
+              r["kept"], r["after"]["dev"], r["after"]["fit"]) for r in reports]
+  assert choices[0] == choices[1]
+  assert reports[0]["after"]["held_out"] != reports[1]["after"]["held_out"]
+
+
+@pytest.mark.parametrize("top_layers, match", [
+    (None, "config.reward_model.top_layers=None: recipe 'top' needs"),
+    (0, "config.reward_model.top_layers=0 must be > 0"),
+    (2, "config.reward_model.top_layers=2 must be below the backbone's 2 layers")])
+def test_top_recipe_refuses_a_layer_count_it_cannot_train(built, tmp_path, top_layers, match):
+  config = built[0].copy_and_resolve_references()
+  config.reward_model.update(recipe="top", cache_dir=str(tmp_path),
+                             head=dict(dev_fraction=0.25, l2=[1e-3], steps=10,
+                                       learning_rate=1e-2))
+  if top_layers is not None:
+    config.reward_model.top_layers = top_layers
+  with pytest.raises(ValueError, match=match):
+    experiment.resolve_model_ref(config.reward.model_path, config)
+  cache = tmp_path / "reward_model"
+  assert not (cache.exists() and any(cache.iterdir()))   # nothing half-built is left
 
 
 def test_text_reward_model_scores_text_as_the_reward_model_was_trained(built):

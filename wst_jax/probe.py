@@ -160,8 +160,10 @@ def analysis_markdown(rows: list[dict], rewards: dict, config) -> str:
   sources = [r["row"] for r in rows if r["source"] != "none"]
   out = []
   binary = set(np.unique(np.concatenate(list(rewards.values())))) <= {0.0, 1.0}
-  for title, names in (("hand-written instructions", written), ("every instruction source",
-                                                                sources)):
+  groups = [("hand-written instructions", written)]
+  if len(sources) > len(written):
+    groups.append(("instruction sources, the untrained teacher's included", sources))
+  for title, names in groups:
     if names and binary:   # (an oracle of right and wrong: 0/1 rewards only)
       h = headroom(rewards, alone, names)
       out.append(f"- Oracle over the {h['rows']} {title}: {h['oracle']:.3f} (alone "

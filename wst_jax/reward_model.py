@@ -19,6 +19,12 @@ Both counts are logged and reported, no pair is dropped. Rows are left-padded, s
 read at the last column, to the shortest of reward_model.num_buckets lengths that holds both rows
 of a pair (more buckets: less padding, one more compilation each).
 
+Recipes (reward_model.recipe): "full" trains every weight; "head" freezes the backbone and fits
+a linear head on its features, computed once; "top" fits a head on the frozen backbone too, then
+trains the backbone's last reward_model.top_layers layers, its final norm and the head, on the
+residual stream below those layers, computed once. "head" and "top" make their choices (the
+head's L2; the epoch, or the head alone) on a dev split of the training pairs.
+
 `ensure_reward_model(config)` caches the HF `*ForSequenceClassification` folder (our
 `checkpoints.load_reward_model` and transformers' AutoModelForSequenceClassification read it)
 under reward_model.cache_dir, keyed by a hash of what it depends on (`cache_key`);
@@ -57,8 +63,11 @@ REPORT = "reward_model.json"
 ROW_FORMAT = 2
 INITS = ("student", "fresh")
 # "full": every weight trained (init from the backbone or fresh); "head": the backbone frozen,
-# its features computed once per row, a linear head fitted on them (`fit_head`).
-RECIPES = ("full", "head")
+# its features computed once per row, a linear head fitted on them (`fit_head`); "top": the
+# backbone below its last reward_model.top_layers layers frozen and run once per row, a head
+# fitted on the frozen top, then those layers, the final norm and the head trained together
+# (`train_top`).
+RECIPES = ("full", "head", "top")
 REFERENCE = model_refs.PRETRAINED + "reward_model"  # how a config names the model built here
 JUDGE = model_refs.PRETRAINED + "judge"   # eval.judge_path: built from config.judge_model
 
@@ -92,18 +101,27 @@ def validate(config) -> None:
   recipe = rm.get("recipe", "full")
   if recipe not in RECIPES:
     raise ConfigError(f"config.reward_model.recipe={recipe!r}; choose one of {RECIPES}.")
-  # Each recipe reads its own fields: "full" num_epochs and optim, "head" the head block.
+  # Each recipe reads its own fields: "full" num_epochs and optim, "head" the head block, "top"
+  # all of them and top_layers.
   positive = {f: rm[f] for f in ("batch_size", "response_len", "num_buckets")}
-  if recipe == "head":
+  if recipe in ("head", "top"):
     if rm.init != "student":
-      raise ConfigError("config.reward_model.recipe='head' trains a head on the backbone's own "
-                        "features: set config.reward_model.init='student'.")
-    if "head" not in rm or not 0 < rm.head.dev_fraction < 1 or not rm.head.l2:
+      raise ConfigError(f"config.reward_model.recipe={recipe!r} starts from the backbone's own "
+                        "weights: set config.reward_model.init='student'.")
+    head = rm.get("head")
+    fields = ("dev_fraction", "l2", "steps", "learning_rate")
+    if (head is None or any(f not in head for f in fields) or not 0 < head.dev_fraction < 1
+        or not head.l2):
       raise ConfigError("config.reward_model.head needs dev_fraction in (0, 1), a non-empty l2 "
                         "list (the candidates chosen on dev), steps and learning_rate; got "
-                        f"{rm.get('head')}.")
+                        f"{head.to_dict() if head is not None else None}.")
     positive.update({f"head.{f}": rm.head[f] for f in ("steps", "learning_rate")})
-  else:
+  if recipe == "top" and not isinstance(rm.get("top_layers"), int):
+    raise ConfigError(f"config.reward_model.top_layers={rm.get('top_layers')!r}: recipe 'top' "
+                      "needs the number of last layers to train, an int (e.g. 2).")
+  if recipe == "top":
+    positive["top_layers"] = rm.top_layers
+  if recipe in ("full", "top"):
     positive["num_epochs"] = rm.num_epochs
     positive.update({f"optim.{f}": rm.optim[f] for f in ("learning_rate", "max_grad_norm")})
     for field in ("b1", "b2", "final_lr_fraction", "weight_decay"):
@@ -175,9 +193,13 @@ def pair_parts(examples: list[dict], tokenizer, question_len: int, response_len:
 def pair_rows(examples: list[dict], tokenizer, question_len: int, response_len: int):
   """-> (chosen rows, rejected rows: [dialogue][response] lists of ids, `pair_parts`), and the
   counts of cut dialogues and cut responses."""
-  dialogues, chosen, rejected, cut = pair_parts(examples, tokenizer, question_len, response_len)
-  return ([d + c for d, c in zip(dialogues, chosen)], [d + r for d, r in zip(dialogues, rejected)],
-          cut)
+  *parts, cut = pair_parts(examples, tokenizer, question_len, response_len)
+  return (*joined(*parts), cut)
+
+
+def joined(dialogues, chosen, rejected) -> tuple[list, list]:
+  """`pair_parts`' lists -> (chosen rows, rejected rows), each [dialogue][response]."""
+  return ([d + c for d, c in zip(dialogues, chosen)], [d + r for d, r in zip(dialogues, rejected)])
 
 
 def bucket_lengths(longest: int, num_buckets: int) -> list[int]:
@@ -231,9 +253,18 @@ def _jit_pair_scores(graphdef, params, batch):
 
 def bradley_terry_loss(graphdef, params, batch) -> jax.Array:
   """Weighted mean of -log sigmoid(r_chosen - r_rejected) over the batch's pairs: f32[]."""
-  chosen, rejected = pair_scores(nnx.merge(graphdef, params), batch)
-  weight = batch["weight"]
+  return weighted_bt(*pair_scores(nnx.merge(graphdef, params), batch), batch["weight"])
+
+
+def weighted_bt(chosen, rejected, weight) -> jax.Array:
+  """The Bradley-Terry loss of scores f32[B], weighted by f32[B] (0: a filler pair): f32[]."""
   return jnp.sum(weight * jax.nn.softplus(rejected - chosen)) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def margin_metrics(margin: np.ndarray) -> dict:
+  """Margins r_chosen - r_rejected f32[N] -> {"accuracy" (ties count one half), "loss", "n"}."""
+  return {"accuracy": float(np.mean((margin > 0) + 0.5 * (margin == 0))),
+          "loss": float(np.mean(np.logaddexp(0.0, -margin))), "n": int(margin.size)}
 
 
 def initial_model(student_path: Path, init: str, seed: int) -> ScalarHeadLM:
@@ -256,9 +287,7 @@ def evaluate_pairs(model: ScalarHeadLM, batches: list[dict], desc: str = "") -> 
     chosen, rejected = jax.device_get(
         _jit_pair_scores(graphdef, params, {k: batch[k] for k in ("ids", "mask")}))
     margins.append((chosen - rejected)[batch["weight"] > 0])
-  margin = np.concatenate(margins)
-  return {"accuracy": float(np.mean((margin > 0) + 0.5 * (margin == 0))),
-          "loss": float(np.mean(np.logaddexp(0.0, -margin))), "n": int(margin.size)}
+  return margin_metrics(np.concatenate(margins))
 
 
 # ------------------------------------------------------------------------------ recipe "head"
@@ -326,37 +355,247 @@ def fit_head(features, l2, steps: int, learning_rate: float):
 
 def feature_pairs(features: np.ndarray, w: np.ndarray) -> dict:
   """-> {"accuracy", "loss", "n"} of head w f32[D] on features f32[N, 2, D], as `evaluate_pairs`."""
-  margin = (features[:, 0] - features[:, 1]) @ np.asarray(w, np.float32)
-  return {"accuracy": float(np.mean((margin > 0) + 0.5 * (margin == 0))),
-          "loss": float(np.mean(np.logaddexp(0.0, -margin))), "n": int(margin.size)}
+  return margin_metrics((features[:, 0] - features[:, 1]) @ np.asarray(w, np.float32))
+
+
+def dev_split(n: int, config) -> tuple[np.ndarray, np.ndarray]:
+  """The training pairs' indices -> (dev, fit): reward_model.head.dev_fraction of them, drawn by
+  the seed. The recipes make every choice (the head's L2; the epoch, head or top) on dev: no
+  held-out pair's score enters one."""
+  order = np.random.default_rng(config.seed).permutation(n)
+  n_dev = max(1, round(config.reward_model.head.dev_fraction * n))
+  return order[:n_dev], order[n_dev:]
+
+
+def dev_rank(scores: dict) -> tuple[float, float]:
+  """How a dev choice ranks `margin_metrics` scores: accuracy, then (among ties) the lower loss."""
+  return scores["accuracy"], -scores["loss"]
+
+
+def choose_head(fit: np.ndarray, dev: np.ndarray, head) -> tuple[float, dict]:
+  """The L2 strength of reward_model.head that ranks best on dev (`dev_rank`), for a head fitted
+  on features `fit` and scored on `dev` f32[N, 2, D]. -> (that l2, {str(l2): its dev scores})."""
+  on_dev = {str(l2): feature_pairs(dev, _fitted(fit, l2, head)) for l2 in head.l2}
+  return max(head.l2, key=lambda l2: dev_rank(on_dev[str(l2)])), on_dev
+
+
+def _fitted(features: np.ndarray, l2: float, head) -> np.ndarray:
+  return np.asarray(fit_head(jnp.asarray(features), l2, head.steps, head.learning_rate))
+
+
+def set_head(model: ScalarHeadLM, w: np.ndarray) -> None:
+  """Writes the Bradley-Terry head w f32[D] into model.head."""
+  model.head.kernel.set_value(jnp.asarray(w[:, None], model.head.kernel.get_value().dtype))
 
 
 def train_head(model: ScalarHeadLM, parts: dict, config, pad_id: int) -> dict:
   """Recipe "head": the backbone frozen, a linear head fitted on its features. The L2 strength is
-  chosen on a dev split (reward_model.head.dev_fraction) of the training pairs, never on the
-  held-out ones; the head is then fitted on every training pair and written into `model.head`.
+  chosen on a dev split (`dev_split`) of the training pairs, never on the held-out ones; the
+  head is then fitted on every training pair and written into `model.head`.
   parts: split -> (dialogues, chosen, rejected) (`pair_parts`). -> the report's entries."""
   rm, head = config.reward_model, config.reward_model.head
   start = time.time()
   features = {name: pair_features(model.lm, *p, rm.batch_size, rm.num_buckets, pad_id)
               for name, p in parts.items()}
   feature_s = time.time() - start
-  order = np.random.default_rng(config.seed).permutation(len(features["train"]))
-  n_dev = max(1, round(head.dev_fraction * len(order)))
-  dev, fit = features["train"][order[:n_dev]], features["train"][order[n_dev:]]
-  fitted = lambda f, l2: np.asarray(fit_head(jnp.asarray(f), l2, head.steps, head.learning_rate))
-  on_dev = {str(l2): feature_pairs(dev, fitted(fit, l2)) for l2 in head.l2}
-  # The best dev accuracy; among ties, the strongest L2 (the simplest head).
-  chosen = max(head.l2, key=lambda l2: (on_dev[str(l2)]["accuracy"], l2))
+  dev, fit = dev_split(len(features["train"]), config)
+  chosen, on_dev = choose_head(features["train"][fit], features["train"][dev], head)
   before = model.head.kernel.get_value()[:, 0]
-  w = fitted(features["train"], chosen)
-  model.head.kernel.set_value(jnp.asarray(w[:, None], model.head.kernel.get_value().dtype))
+  w = _fitted(features["train"], chosen, head)
+  set_head(model, w)
   return {"before": {name: feature_pairs(f, before) for name, f in features.items()},
           "after": {name: feature_pairs(f, w) for name, f in features.items()},
           "dev": on_dev, "chosen_l2": chosen, "feature_seconds": feature_s}
 
 
+# ------------------------------------------------------------------------------ recipe "top"
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _lower_stream(graphdef, state, batch, split: int):
+  """The residual stream of left-padded rows below layer `split`: [R, L, D], compute dtype."""
+  lm = nnx.merge(graphdef, state).lm
+  positions = positions_from_mask(batch["mask"])
+  x, _ = lm.blocks(lm.embed_tokens(batch["ids"], positions), positions, batch["mask"],
+                   slice(0, split))
+  return x
+
+
+def _top_hidden(lm: Decoder, batch, split: int) -> jax.Array:
+  """A stream batch (x [2B, L, D] below layer `split`, mask) -> the final hidden state at the
+  last column, where a left-padded row's score is read (`pair_scores`): [2B, D]."""
+  mask = batch["mask"]
+  x, _ = lm.blocks(batch["x"], positions_from_mask(mask), mask, slice(split, None))
+  return lm.final_norm(x[:, -1])
+
+
+def _top_scores(model: ScalarHeadLM, batch, split: int) -> tuple[jax.Array, jax.Array]:
+  """-> r_chosen, r_rejected f32[B] of a stream batch (`_top_hidden`)."""
+  hidden = _top_hidden(model.lm, batch, split).astype(jnp.float32)
+  return tuple(jnp.split(model.head(hidden)[:, 0], 2))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _top_features(graphdef, state, batch, split: int):
+  return _top_hidden(nnx.merge(graphdef, state).lm, batch, split).astype(jnp.float32)
+
+
+def _top_loss(split: int, graphdef, trainable, frozen, batch) -> jax.Array:
+  return weighted_bt(*_top_scores(nnx.merge(graphdef, trainable, frozen), batch, split),
+                     batch["weight"])
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _jit_top_scores(graphdef, state, batch, split: int):
+  return _top_scores(nnx.merge(graphdef, state), batch, split)
+
+
+def stream_batches(model: ScalarHeadLM, chosen, rejected, split: int, config, pad_id: int,
+                   desc: str) -> list[dict]:
+  """`pair_batches` (input order) with each batch's rows run once through the frozen layers below
+  `split`: {"x" [2B, L, D] in the compute dtype, "mask", "weight"}, kept in host memory."""
+  rm = config.reward_model
+  graphdef, state = nnx.split(model)
+  out = []
+  for batch in tqdm(pair_batches(chosen, rejected, rm.batch_size, rm.num_buckets, pad_id),
+                    desc=desc, leave=False):
+    x = _lower_stream(graphdef, state, {k: batch[k] for k in ("ids", "mask")}, split)
+    out.append({"x": np.asarray(jax.device_get(x)), "mask": batch["mask"],
+                "weight": batch["weight"]})
+  return out
+
+
+def stream_pairs(model: ScalarHeadLM, batches: list[dict], split: int) -> dict:
+  """-> {"accuracy", "loss", "n"} of `model` on stream batches, as `evaluate_pairs`."""
+  graphdef, state = nnx.split(model)
+  margins = []
+  for batch in batches:
+    chosen, rejected = jax.device_get(_jit_top_scores(graphdef, state, batch, split))
+    margins.append((chosen - rejected)[batch["weight"] > 0])
+  return margin_metrics(np.concatenate(margins))
+
+
+def stream_features(model: ScalarHeadLM, batches: list[dict], split: int) -> np.ndarray:
+  """Stream batches -> the frozen top's features of their real pairs, f32[N, 2, D]."""
+  graphdef, state = nnx.split(model)
+  out = []
+  for batch in batches:
+    f = np.asarray(jax.device_get(_top_features(graphdef, state, batch, split)))
+    half = len(f) // 2
+    out.append(np.stack([f[:half], f[half:]], axis=1)[batch["weight"] > 0])
+  return np.concatenate(out)
+
+
+def train_top(model: ScalarHeadLM, parts: dict, config, pad_id: int) -> dict:
+  """Recipe "top": the layers below the last reward_model.top_layers frozen, their output (the
+  residual stream) computed once per row and kept; a head fitted on the frozen top's features
+  (its L2 chosen on dev); then the top layers, the final norm and the head trained together from
+  there with AdamW (reward_model.optim) for num_epochs epochs on the fit split (its batches
+  fixed, their order shuffled each epoch). Of the head alone and the epochs, the best on dev
+  (`dev_rank`) is kept: both candidates trained on the same fit pairs, every choice on dev.
+  parts: split -> (dialogues, chosen, rejected) (`pair_parts`). -> the report's entries: scores
+  on "fit", "dev" and "held_out" before (the initial head), of the head alone, of the best epoch
+  and of what is kept; the seconds of each stage (the stream's are shared by both candidates)."""
+  rm, head = config.reward_model, config.reward_model.head
+  frozen_layers = model.lm.cfg.num_layers - rm.top_layers
+  if frozen_layers < 1:
+    raise ConfigError(f"config.reward_model.top_layers={rm.top_layers} must be below the "
+                      f"backbone's {model.lm.cfg.num_layers} layers.")
+  dev, fit = dev_split(len(parts["train"][0]), config)
+  subsets = {"fit": ("train", fit), "dev": ("train", dev),
+             "held_out": ("held_out", np.arange(len(parts["held_out"][0])))}
+  rows = {name: joined(*([seq[i] for i in idx] for seq in parts[source]))
+          for name, (source, idx) in subsets.items()}
+  steps_per_epoch = len(pair_batches(*rows["fit"], rm.batch_size, rm.num_buckets, pad_id))
+  check_warmup(rm, rm.num_epochs * steps_per_epoch)  # before the costly stream, not after it
+
+  start = time.time()
+  streams = {name: stream_batches(model, *r, frozen_layers, config, pad_id,
+                                  f"frozen layers 0-{frozen_layers - 1} ({name})")
+             for name, r in rows.items()}
+  scores = lambda m: {name: stream_pairs(m, b, frozen_layers) for name, b in streams.items()}
+  report = {"frozen_layers": frozen_layers, "stream_seconds": time.time() - start,
+            "before": scores(model)}
+
+  start = time.time()
+  features = {name: stream_features(model, streams[name], frozen_layers) for name in ("fit", "dev")}
+  l2, on_dev = choose_head(features["fit"], features["dev"], head)
+  set_head(model, _fitted(features["fit"], l2, head))
+  report["head"] = {"dev": on_dev, "chosen_l2": l2, "scores": scores(model),
+                    "fit_seconds": time.time() - start, "peak_rss_gib": peak_rss_gib()}
+
+  start = time.time()
+  trains = lambda path, value: isinstance(value, nnx.Param) and (
+      path[0] == "head" or path[:2] == ("lm", "final_norm")
+      or (path[:2] == ("lm", "layers") and path[2] >= frozen_layers))
+  graphdef, trainable, frozen = nnx.split(model, trains, ...)
+  tx = pretrain.optimizer(rm.optim, rm.num_epochs * steps_per_epoch)
+  # The parameters are not donated: the model keeps the head alone's until an epoch beats it.
+  step = jax.jit(functools.partial(_top_step, frozen_layers, graphdef, tx), donate_argnums=1)
+  opt_state = tx.init(trainable)
+  rng = np.random.default_rng(config.seed)
+  epochs, best = [], None
+  for epoch in range(rm.num_epochs):
+    losses = []
+    for i in tqdm(rng.permutation(len(streams["fit"])), desc=f"train top, epoch {epoch + 1}",
+                  leave=False):
+      trainable, opt_state, loss = step(trainable, opt_state, frozen, streams["fit"][i])
+      losses.append(float(loss))
+    on_dev_epoch = stream_pairs(nnx.merge(graphdef, trainable, frozen), streams["dev"],
+                                frozen_layers)
+    epochs.append({"loss": float(np.mean(losses)), "dev": on_dev_epoch})
+    if best is None or dev_rank(on_dev_epoch) > dev_rank(epochs[best[0]]["dev"]):
+      best = (epoch, trainable)
+  report["top"] = {"epochs": epochs, "best_epoch": best[0] + 1,
+                   "scores": scores(nnx.merge(graphdef, best[1], frozen)),
+                   "train_seconds": time.time() - start, "peak_rss_gib": peak_rss_gib()}
+  if dev_rank(report["top"]["scores"]["dev"]) > dev_rank(report["head"]["scores"]["dev"]):
+    nnx.update(model, best[1])
+    report.update(kept=f"top, epoch {best[0] + 1}", after=report["top"]["scores"])
+  else:
+    report.update(kept="head", after=report["head"]["scores"])
+  return report
+
+
+def _top_step(split: int, graphdef, tx, trainable, opt_state, frozen, batch):
+  """One AdamW step of the top layers and the head on a stream batch."""
+  loss, grads = jax.value_and_grad(functools.partial(_top_loss, split, graphdef))(
+      trainable, frozen, batch)
+  updates, opt_state = tx.update(grads, opt_state, trainable)
+  return optax.apply_updates(trainable, updates), opt_state, loss
+
+
+def check_warmup(rm, steps: int) -> None:
+  """Refuses reward_model.optim.warmup_steps outside [0, steps) (the AdamW steps of a run)."""
+  if not 0 <= rm.optim.warmup_steps < steps:
+    raise ConfigError(f"config.reward_model.optim.warmup_steps={rm.optim.warmup_steps} must be in "
+                      f"[0, {steps}) (the training steps).")
+
+
+# ------------------------------------------------------------------------------ recipe "full"
+
+
+def train_full(model: ScalarHeadLM, parts: dict, config, pad_id: int) -> dict:
+  """Recipe "full": every weight trained with AdamW (reward_model.optim) for num_epochs epochs on
+  the training pairs, shuffled. parts as in `train_head`. -> the report's entries."""
+  rm = config.reward_model
+  rows = {name: (*joined(*p), rm.batch_size, rm.num_buckets, pad_id) for name, p in parts.items()}
+  rng = np.random.default_rng(config.seed)
+  train_batches = [b for _ in range(rm.num_epochs) for b in pair_batches(*rows["train"], rng)]
+  check_warmup(rm, len(train_batches))
+  evals = {name: pair_batches(*r) for name, r in rows.items()}
+  before = {name: evaluate_pairs(model, b, f"score {name} (before)") for name, b in evals.items()}
+  losses = pretrain.fit(model, train_batches, rm.optim, "train reward model", bradley_terry_loss)
+  after = {name: evaluate_pairs(model, b, f"score {name}") for name, b in evals.items()}
+  steps_per_epoch = len(train_batches) // rm.num_epochs
+  return {"before": before, "after": after,
+          "epoch_loss": [float(np.mean(losses[i:i + steps_per_epoch]))
+                         for i in range(0, len(losses), steps_per_epoch)]}
+
+
 # ------------------------------------------------------------------------------ build
+
+TRAIN = {"full": train_full, "head": train_head, "top": train_top}
 
 
 def build(config, student_path: Path, folder: Path) -> None:
@@ -367,42 +606,16 @@ def build(config, student_path: Path, folder: Path) -> None:
   rm = config.reward_model
   tokenizer = checkpoints.load_tokenizer(student_path)
   task = pairs(config)
-  if rm.get("recipe", "full") == "head":
-    model = initial_model(student_path, rm.init, config.seed)
-    parts, cut = {}, {}
-    for name, examples in [("train", task.train), ("held_out", task.eval)]:
-      *parts[name], cut[name] = pair_parts(examples, tokenizer, config.data.question_len,
-                                           rm.response_len)
-    report = train_head(model, parts, config, tokenizer.pad_token_id)
-    checkpoints.save_reward_model(model, folder, tokenizer)
-    report.update(config=rm.to_dict(), backbone=str(student_path),
-                  question_len=config.data.question_len, truncated=cut,
-                  seconds=time.time() - start, peak_rss_gib=peak_rss_gib())
-    (folder / REPORT).write_text(json.dumps(report, indent=2))
-    return
-  rows, cut = {}, {}
+  parts, cut = {}, {}
   for name, examples in [("train", task.train), ("held_out", task.eval)]:
-    chosen, rejected, cut[name] = pair_rows(examples, tokenizer, config.data.question_len,
-                                            rm.response_len)
-    rows[name] = (chosen, rejected, rm.batch_size, rm.num_buckets, tokenizer.pad_token_id)
-  rng = np.random.default_rng(config.seed)
-  train_batches = [b for _ in range(rm.num_epochs) for b in pair_batches(*rows["train"], rng)]
-  if not 0 <= rm.optim.warmup_steps < len(train_batches):
-    raise ConfigError(f"config.reward_model.optim.warmup_steps={rm.optim.warmup_steps} must be in "
-                      f"[0, {len(train_batches)}) (the training steps).")
+    *parts[name], cut[name] = pair_parts(examples, tokenizer, config.data.question_len,
+                                         rm.response_len)
   model = initial_model(student_path, rm.init, config.seed)
-  evals = {name: pair_batches(*r) for name, r in rows.items()}
-  before = {name: evaluate_pairs(model, b, f"score {name} (before)") for name, b in evals.items()}
-  losses = pretrain.fit(model, train_batches, rm.optim, "train reward model", bradley_terry_loss)
-  after = {name: evaluate_pairs(model, b, f"score {name}") for name, b in evals.items()}
+  report = TRAIN[rm.get("recipe", "full")](model, parts, config, tokenizer.pad_token_id)
   checkpoints.save_reward_model(model, folder, tokenizer)
-  steps_per_epoch = len(train_batches) // rm.num_epochs
-  report = {"config": config.reward_model.to_dict(), "student": str(student_path),
-            "question_len": config.data.question_len, "truncated": cut,
-            "before": before, "after": after,
-            "epoch_loss": [float(np.mean(losses[i:i + steps_per_epoch]))
-                           for i in range(0, len(losses), steps_per_epoch)],
-            "seconds": time.time() - start, "peak_rss_gib": peak_rss_gib()}
+  report.update(config=rm.to_dict(), backbone=str(student_path),
+                question_len=config.data.question_len, truncated=cut,
+                seconds=time.time() - start, peak_rss_gib=peak_rss_gib())
   (folder / REPORT).write_text(json.dumps(report, indent=2))
 
 
@@ -443,11 +656,19 @@ def main(argv):
   start = time.time()
   folder = ensure_reward_model(_CONFIG.value)
   report = json.loads((folder / REPORT).read_text())
-  held_out, train = report["after"]["held_out"], report["after"]["train"]
+  after = report["after"]
+  trained_on = "train" if "train" in after else "fit"   # recipe "top": the fit split
   print(f"reward model: {folder}")
-  print(f"held-out pairwise accuracy {held_out['accuracy']:.3f} (n={held_out['n']}, before "
-        f"training {report['before']['held_out']['accuracy']:.3f}); train "
-        f"{train['accuracy']:.3f} (n={train['n']})")
+  print(f"held-out pairwise accuracy {after['held_out']['accuracy']:.3f} "
+        f"(n={after['held_out']['n']}, before training "
+        f"{report['before']['held_out']['accuracy']:.3f}); {trained_on} "
+        f"{after[trained_on]['accuracy']:.3f} (n={after[trained_on]['n']})")
+  if "kept" in report:   # recipe "top": the head alone or the trained top, chosen on dev
+    for name in ("head", "top"):
+      scores = report[name]["scores"]
+      print(f"  {name}: dev {scores['dev']['accuracy']:.3f}, held-out "
+            f"{scores['held_out']['accuracy']:.3f}")
+    print(f"kept: {report['kept']}")
   print(f"build wall time {report['seconds']:.0f} s; this call {time.time() - start:.1f} s")
 
 

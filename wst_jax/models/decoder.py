@@ -32,10 +32,13 @@ class LayerCache(NamedTuple):
   v: jax.Array
 
 
-def init_cache(cfg: DecoderConfig, batch: int, length: int) -> list[LayerCache]:
+def init_cache(cfg: DecoderConfig, batch: int, length: int,
+               num_layers: int | None = None) -> list[LayerCache]:
+  """An empty cache for num_layers layers (None: all of them)."""
   shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
   zeros = lambda: jnp.zeros(shape, cfg.compute_dtype)
-  return [LayerCache(zeros(), zeros()) for _ in range(cfg.num_layers)]
+  return [LayerCache(zeros(), zeros()) for _ in range(cfg.num_layers if num_layers is None
+                                                       else num_layers)]
 
 
 def _param(rngs, shape, axes, dtype, std=0.02, zeros=False):
@@ -307,21 +310,35 @@ class Decoder(nnx.Module):
     """tokens, positions int32[B,T]; kv_mask bool[B,S] (S = T without a cache).
 
     Without a cache this is a plain causal forward pass over T tokens (training, scoring)."""
+    x, new_cache = self.blocks(self.embed_tokens(tokens, positions), positions, kv_mask,
+                               cache=cache, cache_index=cache_index)
+    hidden = self.final_norm(x)
+    return self.logits(hidden), hidden, new_cache
+
+  def embed_tokens(self, tokens, positions):
+    """tokens, positions int32[B,T] -> the first layer's input [B,T,D] in the compute dtype."""
     cfg = self.cfg
-    if cache is None:
-      cache = init_cache(cfg, tokens.shape[0], tokens.shape[1])
     x = self.embed[...][tokens].astype(cfg.compute_dtype)
     if cfg.scale_embeddings:
       # HF rounds sqrt(hidden_size) to the weights' dtype first (bf16: sqrt(3072) -> 55.5).
       x = x * jnp.asarray(math.sqrt(cfg.hidden_size), cfg.weight_dtype).astype(x.dtype)
     if self.pos_embed is not None:
       x = x + self.pos_embed[...][positions].astype(cfg.compute_dtype)
+    return x
+
+  def blocks(self, x, positions, kv_mask, layers: slice = slice(None), cache=None, cache_index=0):
+    """The residual stream x [B,T,D] through self.layers[layers] (not the final norm) -> (x, the
+    new cache of those layers). cache: one LayerCache per layer of the range, or None (a plain
+    forward pass: kv_mask bool[B,T]). A range lets a reward model cache the stream below the
+    layers it trains (`reward_model` recipe "top")."""
+    layers = self.layers[layers]
+    if cache is None:
+      cache = init_cache(self.cfg, x.shape[0], x.shape[1], len(layers))
     new_cache = []
-    for layer, layer_cache in zip(self.layers, cache):
+    for layer, layer_cache in zip(layers, cache, strict=True):
       x, layer_cache = layer(x, positions, kv_mask, layer_cache, cache_index)
       new_cache.append(layer_cache)
-    hidden = self.final_norm(x)
-    return self.logits(hidden), hidden, new_cache
+    return x, new_cache
 
   def logits(self, hidden):
     """The LM head: final hidden states [..., D] -> f32 logits [..., V] (softcapped in f32 when
