@@ -7,6 +7,7 @@ second one on the teacher's backbone judges the table.
     python -m wst_jax.probe --config configs/real_hh_rlhf_cpu.py:dev --out results/real_hh_rlhf
     python -m wst_jax.train --config configs/real_hh_rlhf_cpu.py --noeval
     python -m wst_jax.eval --config configs/real_hh_rlhf_cpu.py
+    python -m wst_jax.train --config configs/real_hh_rlhf_cpu.py:smoke   # minutes: 2 tiny steps
 
 The dialogue's turns are the student's chat turns (prompt.dialogue) and the instruction goes
 after its last human turn (prompt.chat "user_after"): this student ignores a system turn and obeys
@@ -23,7 +24,7 @@ from wst_jax import cache, reward_model
 from wst_jax.data import assets
 from wst_jax.data.batches import PLACEMENTS
 
-VARIANTS = ("", "dev")
+VARIANTS = ("", "dev", "smoke")
 META_PROMPT = (
     "Here is a conversation between a person and an AI assistant:\n\n{question}\n\nThe assistant "
     "will write the next reply. Do not write the reply. Write one short instruction for the "
@@ -64,7 +65,7 @@ def get_config(arg: str = ""):
   c.teacher.dtypes = dict(dtype="bfloat16", param_dtype="float32")
   c.student.dtypes = dict(dtype="bfloat16", param_dtype="bfloat16")
   c.task.update(name="hh_rlhf", train_path=assets.locate("hh_rlhf/harmless-base-test.jsonl.gz"),
-                eval_path="", eval_size=200, dev_size=200 if arg == "dev" else 0)
+                eval_path="", eval_size=300, dev_size=200 if arg == "dev" else 0)
   c.prompt.update(PLACEMENTS["user_after"], teacher_template=META_PROMPT, dialogue=True)
   # Dialogues keep their last 256 student tokens; the student's prompt before the instruction
   # holds them with the chat template's turns (and its default system turn: Qwen adds one).
@@ -75,10 +76,25 @@ def get_config(arg: str = ""):
   cache_dir = str(cache.default_root())
   c.reward_model = reward_model_block(cache_dir)
   c.judge_model = reward_model_block(cache_dir, backbone=real_gsm8k_cpu.TEACHER)
-  c.eval.update(batch_size=64, judge_path=reward_model.JUDGE, teacher_path="")
+  # Row (e): an untrained Qwen2.5-Coder-1.5B-Instruct teacher, as in the GSM8K table.
+  c.eval.update(batch_size=64, judge_path=reward_model.JUDGE,
+                teacher_path=real_gsm8k_cpu.LARGER_TEACHER)
   c.ppo.update(advantage="group", group_size=4, kl_coef=0.02, num_epochs=1, num_minibatches=2)
   c.optim.update(learning_rate=1e-5, warmup_steps=2, decay_steps=20)
   c.train.update(batch_size=8, num_steps=20, checkpoint_every=5, keep_checkpoints=2)
   c.probe = dict(instructions={"user_after": list(AFTER_LAST_TURN), "system": list(SYSTEM_TURN)},
                  meta_prompts=[META_PROMPT], temperatures=[0.7, 1.0])
+  if arg == "smoke":   # minutes on CPU: the same models, short dialogues and budgets, reward
+    # models on 32 pairs (reward_model.max_pairs) with one trained layer.
+    c.task.update(eval_size=4, max_train=8)
+    c.data.update(question_len=64, teacher_prompt_len=192, student_prefix_len=160,
+                  rm_prompt_len=64, retokenized_instruction_len=16)
+    c.rollout.update(instruction_len=8, answer_len=8)
+    for block in (c.reward_model, c.judge_model):
+      block.update(max_pairs=32, top_layers=1, num_epochs=1, response_len=16, num_buckets=1)
+      block.optim.warmup_steps = 1
+    c.ppo.update(group_size=2)
+    c.train.update(batch_size=4, num_steps=2, checkpoint_every=1)
+    c.eval.update(batch_size=4, bootstrap_samples=100, teacher_path="")
+    c.probe.update(instructions={"user_after": list(AFTER_LAST_TURN[:1])}, temperatures=[1.0])
   return c

@@ -231,6 +231,7 @@ def test_pair_batches_keep_every_pair_once():
     ("reward_model.init", "pretty", "config.reward_model.init"),
     ("reward_model.batch_size", 0, "config.reward_model.batch_size"),
     ("reward_model.response_len", -1, "config.reward_model.response_len"),
+    ("reward_model.max_pairs", -1, "config.reward_model.max_pairs"),
     ("reward_model.optim.b2", 1.5, "config.reward_model.optim.b2"),
     ("reward_model.optim.warmup_steps", 10_000, "config.reward_model.optim.warmup_steps"),
     ("task.name", "gsm8k", "config.task.name"),
@@ -340,6 +341,17 @@ def test_top_recipe_trains_the_last_layers_on_the_cached_stream_choosing_on_dev(
       tok.pad_token_id))
   assert in_graph["accuracy"] == report["after"]["held_out"]["accuracy"]
   assert in_graph["loss"] == pytest.approx(report["after"]["held_out"]["loss"], rel=1e-4)
+  low, high = report["after"]["held_out"]["ci"]
+  assert 0 <= low <= in_graph["accuracy"] <= high <= 1
+
+
+def test_max_pairs_draws_some_training_pairs_and_keeps_the_held_out_ones(built):
+  config = built[0].copy_and_resolve_references()
+  every = reward_model.pairs(config)
+  config.reward_model.max_pairs = 10
+  some = reward_model.pairs(config)
+  assert len(some.train) == 10 and len(every.train) > 10
+  assert all(e in every.train for e in some.train) and some.eval == every.eval
 
 
 def test_top_recipe_choices_do_not_read_the_held_out_pairs(tmp_path):

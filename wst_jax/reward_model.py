@@ -57,6 +57,7 @@ from wst_jax.data.registry import Task, load_task
 from wst_jax.errors import ConfigError, run_command
 from wst_jax.models import Decoder, ScalarHeadLM, positions_from_mask
 from wst_jax.sampling import prefill
+from wst_jax.stats import bootstrap_interval
 
 REPORT = "reward_model.json"
 # The version of what a training row holds (`pairs`, `pair_parts`): a change of it is a new key.
@@ -104,6 +105,9 @@ def validate(config) -> None:
   # Each recipe reads its own fields: "full" num_epochs and optim, "head" the head block, "top"
   # all of them and top_layers.
   positive = {f: rm[f] for f in ("batch_size", "response_len", "num_buckets")}
+  if rm.get("max_pairs", 0) < 0:
+    raise ConfigError(f"config.reward_model.max_pairs={rm.max_pairs!r} must be >= 0 (0: every "
+                      "training pair).")
   if recipe in ("head", "top"):
     if rm.init != "student":
       raise ConfigError(f"config.reward_model.recipe={recipe!r} starts from the backbone's own "
@@ -156,10 +160,12 @@ def cache_key(config, student_key: str) -> str:
 
 
 def pairs(config) -> Task:
-  """The task's train / eval split of the pairs (every train pair: task.max_train only limits
-  the WST training prompts; the eval split is the table's held-out pairs, also for a config
-  whose task.dev_size makes its own eval split a dev one: one reward model for both)."""
-  task_cfg = ConfigDict(dict(config.task.to_dict(), max_train=0, dev_size=0))
+  """The task's train / eval split of the pairs: every train pair (task.max_train only limits
+  the WST training prompts), or a seeded reward_model.max_pairs of them (a :smoke config's
+  minutes); the eval split is the table's held-out pairs, also for a config whose task.dev_size
+  makes its own eval split a dev one: one reward model for both."""
+  task_cfg = ConfigDict(dict(config.task.to_dict(), dev_size=0,
+                             max_train=config.reward_model.get("max_pairs", 0)))
   task = load_task(task_cfg, config.seed)
   if not config.prompt.chat:
     return task
@@ -262,8 +268,10 @@ def weighted_bt(chosen, rejected, weight) -> jax.Array:
 
 
 def margin_metrics(margin: np.ndarray) -> dict:
-  """Margins r_chosen - r_rejected f32[N] -> {"accuracy" (ties count one half), "loss", "n"}."""
-  return {"accuracy": float(np.mean((margin > 0) + 0.5 * (margin == 0))),
+  """Margins r_chosen - r_rejected f32[N] -> {"accuracy" (ties count one half), "ci" (its 95%
+  bootstrap interval over the pairs), "loss", "n"}."""
+  right = (margin > 0) + 0.5 * (margin == 0)
+  return {"accuracy": float(np.mean(right)), "ci": bootstrap_interval(right, 1000),
           "loss": float(np.mean(np.logaddexp(0.0, -margin))), "n": int(margin.size)}
 
 
