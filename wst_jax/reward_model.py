@@ -287,15 +287,22 @@ def initial_model(student_path: Path, init: str, seed: int) -> ScalarHeadLM:
   return ScalarHeadLM(lm.cfg, rngs=rngs, lm=lm)
 
 
-def evaluate_pairs(model: ScalarHeadLM, batches: list[dict], desc: str = "") -> dict:
-  """-> {"accuracy", "loss", "n"} over the real pairs of `batches` (ties count one half)."""
-  graphdef, params = nnx.split(model, nnx.Param)
+def pair_margins(score, batches: list[dict], desc: str = "") -> dict:
+  """-> {"accuracy", "loss", "n"} over the real pairs of `batches` (ties count one half).
+  `score(batch)` -> (chosen, rejected) scores, each f32 [rows]; padding rows (weight 0) are dropped."""
   margins = []
   for batch in tqdm(batches, desc=desc or "score pairs", leave=False):
-    chosen, rejected = jax.device_get(
-        _jit_pair_scores(graphdef, params, {k: batch[k] for k in ("ids", "mask")}))
+    chosen, rejected = jax.device_get(score(batch))
     margins.append((chosen - rejected)[batch["weight"] > 0])
   return margin_metrics(np.concatenate(margins))
+
+
+def evaluate_pairs(model: ScalarHeadLM, batches: list[dict], desc: str = "") -> dict:
+  """`pair_margins` of the whole model on `pair_batches`."""
+  graphdef, params = nnx.split(model, nnx.Param)
+  return pair_margins(
+      lambda b: _jit_pair_scores(graphdef, params, {k: b[k] for k in ("ids", "mask")}),
+      batches, desc)
 
 
 # ------------------------------------------------------------------------------ recipe "head"
@@ -474,13 +481,10 @@ def stream_batches(model: ScalarHeadLM, chosen, rejected, split: int, config, pa
 
 
 def stream_pairs(model: ScalarHeadLM, batches: list[dict], split: int) -> dict:
-  """-> {"accuracy", "loss", "n"} of `model` on stream batches, as `evaluate_pairs`."""
+  """`pair_margins` of `model` on stream batches (the lower layers' hidden states)."""
   graphdef, state = nnx.split(model)
-  margins = []
-  for batch in batches:
-    chosen, rejected = jax.device_get(_jit_top_scores(graphdef, state, batch, split))
-    margins.append((chosen - rejected)[batch["weight"] > 0])
-  return margin_metrics(np.concatenate(margins))
+  return pair_margins(lambda b: _jit_top_scores(graphdef, state, b, split), batches,
+                      "score stream pairs")
 
 
 def stream_features(model: ScalarHeadLM, batches: list[dict], split: int) -> np.ndarray:
