@@ -3,7 +3,8 @@ instruction, Qwen2.5-Coder-0.5B-Instruct answers the dialogue (the zoo models of
 configs/real_gsm8k_cpu.py), a reward model on the student's backbone pays the teacher, and a
 second one on the teacher's backbone judges the table.
 
-    python -m wst_jax.reward_model --config configs/real_hh_rlhf_cpu.py   # build (or find) it
+    python -m wst_jax.reward_model --config configs/real_hh_rlhf_cpu.py   # build (or find) both
+    python -m wst_jax.reward_model --config configs/real_hh_rlhf_cpu.py --build judge   # one
     python -m wst_jax.probe --config configs/real_hh_rlhf_cpu.py:dev --out results/real_hh_rlhf
     python -m wst_jax.train --config configs/real_hh_rlhf_cpu.py --noeval
     python -m wst_jax.eval --config configs/real_hh_rlhf_cpu.py

@@ -8,6 +8,8 @@ import gzip
 import json
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -67,6 +69,16 @@ def tiny_config(folder: Path, paths: dict, data_file: Path):
   c.reward_model.optim.update(learning_rate=3e-3, warmup_steps=2)
   return c
 
+
+
+def with_judge(config):
+  """A copy of `config` with config.judge_model: recipe "head" on the teacher's backbone."""
+  config = config.copy_and_resolve_references()
+  config.judge_model = dict(config.reward_model.to_dict(), recipe="head", init="student",
+                            backbone=config.teacher.path,
+                            head=dict(dev_fraction=0.25, l2=[1e-3], steps=100,
+                                      learning_rate=1e-2))
+  return config
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
@@ -346,6 +358,39 @@ def test_top_recipe_trains_the_last_layers_on_the_cached_stream_choosing_on_dev(
   assert 0 <= low <= in_graph["accuracy"] <= high <= 1
 
 
+
+def test_top_recipe_resumes_a_stopped_build_from_its_saved_stream(tmp_path, monkeypatch):
+  """A build stopped in its stream (here its 3rd batch raises) leaves the batches it computed
+  beside the cache entry; the rerun reads them back, computes the rest, builds the model one
+  uninterrupted build makes, and removes that work once the entry exists."""
+  _, config = top_config(tmp_path, num_epochs=1)
+  lower, calls = reward_model._lower_stream, []
+
+  def stopped_at_the_third(*args):
+    calls.append(args)
+    if len(calls) == 3:
+      raise RuntimeError("stopped")
+    return lower(*args)
+
+  monkeypatch.setattr(reward_model, "_lower_stream", stopped_at_the_third)
+  with pytest.raises(RuntimeError, match="stopped"):
+    experiment.resolve_model_ref(config.reward.model_path, config)
+  entries = Path(config.reward_model.cache_dir) / "reward_model"
+  work = list(entries.glob(".*.work"))
+  assert len(work) == 1 and len(list(work[0].rglob("*.npy"))) == 2
+  assert not [p for p in entries.iterdir() if p not in work]   # no entry, no half-built folder
+  monkeypatch.setattr(reward_model, "_lower_stream", lower)
+  resumed = experiment.resolve_model_ref(config.reward.model_path, config)
+  report = json.loads((resumed / reward_model.REPORT).read_text())
+  assert sum(report["stream_batches_read_back"].values()) == 2 and not work[0].exists()
+  config.reward_model.cache_dir = str(tmp_path / "uninterrupted")
+  once = experiment.resolve_model_ref(config.reward.model_path, config)
+  assert once.name == resumed.name   # the same key: cache_dir is not part of it
+  assert json.loads((once / reward_model.REPORT).read_text())["after"] == report["after"]
+  for a, b in zip(jax.tree.leaves(nnx.state(checkpoints.load_reward_model(once), nnx.Param)),
+                  jax.tree.leaves(nnx.state(checkpoints.load_reward_model(resumed), nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
 def test_max_pairs_draws_some_training_pairs_and_keeps_the_held_out_ones(built):
   config = built[0].copy_and_resolve_references()
   every = reward_model.pairs(config)
@@ -366,8 +411,9 @@ def test_top_recipe_choices_do_not_read_the_held_out_pairs(tmp_path):
            for name, examples in [("train", task.train), ("held_out", task.eval)]}
   dialogues, chosen, rejected = parts["held_out"]
   reports = [reward_model.train_top(reward_model.initial_model(paths["student"], "student", 0),
-                                    dict(parts, held_out=held_out), config, tok.pad_token_id)
-             for held_out in (parts["held_out"], (dialogues, rejected, chosen))]
+                                    dict(parts, held_out=held_out), config, tok.pad_token_id,
+                                    tmp_path / f"work-{i}")
+             for i, held_out in enumerate([parts["held_out"], (dialogues, rejected, chosen)])]
   choices = [(r["head"]["chosen_l2"], r["head"]["dev"], r["top"]["epochs"], r["top"]["best_epoch"],
               r["kept"], r["after"]["dev"], r["after"]["fit"]) for r in reports]
   assert choices[0] == choices[1]
@@ -416,11 +462,7 @@ def test_eval_table_scores_every_row_with_a_judge_built_on_another_backbone(buil
   score and interval beside the reward's, and the judge is cached under its own key."""
   from wst_jax.eval import evaluate
   config, rm_folder, _ = built
-  config = config.copy_and_resolve_references()
-  config.judge_model = dict(config.reward_model.to_dict(), recipe="head", init="student",
-                            backbone=config.teacher.path,
-                            head=dict(dev_fraction=0.25, l2=[1e-3], steps=100,
-                                      learning_rate=1e-2))
+  config = with_judge(config)
   config.eval.update(judge_path=reward_model.JUDGE, teacher_path="")
   judge = experiment.resolve_model_ref(reward_model.JUDGE, config)
   assert judge != rm_folder and json.loads((judge / reward_model.REPORT).read_text())[
@@ -444,3 +486,28 @@ def test_chat_pairs_drop_the_space_a_chat_answer_never_starts_with(built):
   assert all(e["chosen"].startswith(" ") for e in plain)
   assert [e["chosen"] for e in stripped] == [e["chosen"].lstrip() for e in plain]
   assert reward_model.cache_key(chat, "s") != reward_model.cache_key(config, "s")
+
+
+def test_command_builds_the_reward_model_and_the_judge_or_names_what_is_missing(built, tmp_path):
+  """`python -m wst_jax.reward_model --build both|judge`: both models' reports (the reward model
+  found in the cache, the judge built on the teacher's backbone); the judge of a config without
+  config.judge_model is one line naming it."""
+  config = with_judge(built[0])
+  path = tmp_path / "config.py"
+
+  def run(config, *args):
+    path.write_text("from ml_collections import ConfigDict\n\n\ndef get_config():\n"
+                    f"  return ConfigDict({config.to_dict()!r})\n")
+    return subprocess.run(
+        [sys.executable, "-m", "wst_jax.reward_model", "--config", str(path), *args],
+        capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=600)
+
+  both = run(config)
+  assert both.returncode == 0, both.stderr[-3000:]
+  assert [line.split(":")[0] for line in both.stdout.splitlines()
+          if line.startswith(("reward_model:", "judge:"))] == ["reward_model", "judge"]
+  assert both.stdout.count("held-out pairwise accuracy") == 2
+  del config.judge_model
+  missing = run(config, "--build", "judge")
+  assert missing.returncode == 2 and "config.judge_model" in missing.stderr
+  assert len(missing.stderr.strip().splitlines()) == 1, missing.stderr

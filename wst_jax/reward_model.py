@@ -28,7 +28,9 @@ head's L2; the epoch, or the head alone) on a dev split of the training pairs.
 `ensure_reward_model(config)` caches the HF `*ForSequenceClassification` folder (our
 `checkpoints.load_reward_model` and transformers' AutoModelForSequenceClassification read it)
 under reward_model.cache_dir, keyed by a hash of what it depends on (`cache_key`);
-reward_model.json in it holds the accuracies, losses and times. A config names it
+reward_model.json in it holds the accuracies, losses and times. A build that is stopped (recipe
+"top", whose stream costs hours on a real backbone) keeps the stream batches it computed beside
+the entry, and the same command resumes from them. A config names it
 reward.model_path "pretrained:reward_model" (`REFERENCE`); the student it is trained from is
 config.student.path, resolved by `model_refs.resolve`.
 """
@@ -38,7 +40,9 @@ import functools
 import json
 import logging
 import math
+import os
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -466,18 +470,34 @@ def _jit_top_scores(graphdef, state, batch, split: int):
 
 
 def stream_batches(model: ScalarHeadLM, chosen, rejected, split: int, config, pad_id: int,
-                   desc: str) -> list[dict]:
+                   desc: str, store: Path) -> tuple[list[dict], int]:
   """`pair_batches` (input order) with each batch's rows run once through the frozen layers below
-  `split`: {"x" [2B, L, D] in the compute dtype, "mask", "weight"}, kept in host memory."""
+  `split`: {"x" [2B, L, D] in the compute dtype, "mask", "weight"}, kept in host memory, and each
+  batch's x saved in `store` as it is computed. A batch already there (from a build of the same
+  cache entry that was stopped) is read back instead: the stream is most of a real backbone's
+  build, hours here, so a stopped build resumes where it was. -> (batches, how many were read
+  back)."""
   rm = config.reward_model
   graphdef, state = nnx.split(model)
-  out = []
-  for batch in tqdm(pair_batches(chosen, rejected, rm.batch_size, rm.num_buckets, pad_id),
-                    desc=desc, leave=False):
-    x = _lower_stream(graphdef, state, {k: batch[k] for k in ("ids", "mask")}, split)
-    out.append({"x": np.asarray(jax.device_get(x)), "mask": batch["mask"],
-                "weight": batch["weight"]})
-  return out
+  dtype = jnp.dtype(model.lm.cfg.dtype)
+  raw = np.dtype(f"u{dtype.itemsize}")   # np.save cannot keep ml_dtypes' bfloat16: its bits can
+  out, resumed = [], 0
+  for i, batch in enumerate(tqdm(pair_batches(chosen, rejected, rm.batch_size, rm.num_buckets,
+                                              pad_id), desc=desc, leave=False)):
+    path = store / f"{i:05d}.npy"
+    if path.is_file():
+      x, resumed = np.load(path).view(dtype), resumed + 1
+    else:
+      x = np.asarray(jax.device_get(
+          _lower_stream(graphdef, state, {k: batch[k] for k in ("ids", "mask")}, split)))
+      # Whole or absent, also when processes of one run build the same entry at once (each
+      # writes its own temporary file; the first to finish removes the folder: made again here).
+      store.mkdir(parents=True, exist_ok=True)
+      tmp = store / f".{i:05d}.{os.getpid()}.tmp.npy"
+      np.save(tmp, x.view(raw))
+      os.replace(tmp, path)
+    out.append({"x": x, "mask": batch["mask"], "weight": batch["weight"]})
+  return out, resumed
 
 
 def stream_pairs(model: ScalarHeadLM, batches: list[dict], split: int) -> dict:
@@ -498,14 +518,15 @@ def stream_features(model: ScalarHeadLM, batches: list[dict], split: int) -> np.
   return np.concatenate(out)
 
 
-def train_top(model: ScalarHeadLM, parts: dict, config, pad_id: int) -> dict:
+def train_top(model: ScalarHeadLM, parts: dict, config, pad_id: int, work: Path) -> dict:
   """Recipe "top": the layers below the last reward_model.top_layers frozen, their output (the
   residual stream) computed once per row and kept; a head fitted on the frozen top's features
   (its L2 chosen on dev); then the top layers, the final norm and the head trained together from
   there with AdamW (reward_model.optim) for num_epochs epochs on the fit split (its batches
   fixed, their order shuffled each epoch). Of the head alone and the epochs, the best on dev
   (`dev_rank`) is kept: both candidates trained on the same fit pairs, every choice on dev.
-  parts: split -> (dialogues, chosen, rejected) (`pair_parts`). -> the report's entries: scores
+  parts: split -> (dialogues, chosen, rejected) (`pair_parts`); work: where the stream is kept
+  until the build ends (`stream_batches`). -> the report's entries: scores
   on "fit", "dev" and "held_out" before (the initial head), of the head alone, of the best epoch
   and of what is kept; the seconds of each stage (the stream's are shared by both candidates)."""
   rm, head = config.reward_model, config.reward_model.head
@@ -522,12 +543,15 @@ def train_top(model: ScalarHeadLM, parts: dict, config, pad_id: int) -> dict:
   check_warmup(rm, rm.num_epochs * steps_per_epoch)  # before the costly stream, not after it
 
   start = time.time()
-  streams = {name: stream_batches(model, *r, frozen_layers, config, pad_id,
-                                  f"frozen layers 0-{frozen_layers - 1} ({name})")
-             for name, r in rows.items()}
+  streams, resumed = {}, {}
+  for name, r in rows.items():
+    streams[name], resumed[name] = stream_batches(
+        model, *r, frozen_layers, config, pad_id, f"frozen layers 0-{frozen_layers - 1} ({name})",
+        work / f"stream-{name}")
   scores = lambda m: {name: stream_pairs(m, b, frozen_layers) for name, b in streams.items()}
+  # stream_seconds is this process's: the batches read back were paid for by a stopped build.
   report = {"frozen_layers": frozen_layers, "stream_seconds": time.time() - start,
-            "before": scores(model)}
+            "stream_batches_read_back": resumed, "before": scores(model)}
 
   start = time.time()
   features = {name: stream_features(model, streams[name], frozen_layers) for name in ("fit", "dev")}
@@ -607,13 +631,13 @@ def train_full(model: ScalarHeadLM, parts: dict, config, pad_id: int) -> dict:
 
 # ------------------------------------------------------------------------------ build
 
-TRAIN = {"full": train_full, "head": train_head, "top": train_top}
+TRAIN = {"full": train_full, "head": train_head}
 
 
-def build(config, student_path: Path, folder: Path) -> None:
+def build(config, student_path: Path, folder: Path, work: Path) -> None:
   """Trains the reward model from the backbone's folder (`student_path`: the student's, or
   reward_model.backbone) by reward_model.recipe; writes it (HF folder + tokenizer) and REPORT
-  into `folder`."""
+  into `folder`. `work` keeps what a stopped build computed (recipe "top": `stream_batches`)."""
   start = time.time()
   rm = config.reward_model
   tokenizer = checkpoints.load_tokenizer(student_path)
@@ -623,7 +647,11 @@ def build(config, student_path: Path, folder: Path) -> None:
     *parts[name], cut[name] = pair_parts(examples, tokenizer, config.data.question_len,
                                          rm.response_len)
   model = initial_model(student_path, rm.init, config.seed)
-  report = TRAIN[rm.get("recipe", "full")](model, parts, config, tokenizer.pad_token_id)
+  recipe = rm.get("recipe", "full")
+  if recipe == "top":   # the one recipe that keeps work between builds: its stream takes hours
+    report = train_top(model, parts, config, tokenizer.pad_token_id, work)
+  else:
+    report = TRAIN[recipe](model, parts, config, tokenizer.pad_token_id)
   checkpoints.save_reward_model(model, folder, tokenizer)
   report.update(config=rm.to_dict(), backbone=str(student_path),
                 question_len=config.data.question_len, truncated=cut,
@@ -659,35 +687,55 @@ def ensure_reward_model(config) -> Path:
   student = model_refs.resolve(backbone_ref(config), config)
   final = (Path(config.reward_model.cache_dir).expanduser() / "reward_model"
            / cache_key(config, student_identity(config, student)))
-  return cache.build_once(final, REPORT, lambda folder: build(config, student, folder))
+  # Beside the entry and keyed like it: a rerun of a stopped build reads what it had computed.
+  work = final.parent / f".{final.name}.work"
+  folder = cache.build_once(final, REPORT, lambda folder: build(config, student, folder, work))
+  shutil.rmtree(work, ignore_errors=True)
+  return folder
 
 
-def main(argv):
-  del argv
-  logging.getLogger().setLevel(logging.INFO)
-  start = time.time()
-  folder = ensure_reward_model(_CONFIG.value)
+BUILDS = ("both", "reward_model", "judge")
+
+
+def print_report(name: str, folder: Path, seconds: float) -> None:
+  """One built (or found) model's held-out accuracy, its recipe's candidates and its build time."""
   report = json.loads((folder / REPORT).read_text())
   after = report["after"]
   trained_on = "train" if "train" in after else "fit"   # recipe "top": the fit split
-  print(f"reward model: {folder}")
+  print(f"{name}: {folder}")
   print(f"held-out pairwise accuracy {after['held_out']['accuracy']:.3f} "
         f"(n={after['held_out']['n']}, before training "
         f"{report['before']['held_out']['accuracy']:.3f}); {trained_on} "
         f"{after[trained_on]['accuracy']:.3f} (n={after[trained_on]['n']})")
   if "kept" in report:   # recipe "top": the head alone or the trained top, chosen on dev
-    for name in ("head", "top"):
-      scores = report[name]["scores"]
-      print(f"  {name}: dev {scores['dev']['accuracy']:.3f}, held-out "
+    for candidate in ("head", "top"):
+      scores = report[candidate]["scores"]
+      print(f"  {candidate}: dev {scores['dev']['accuracy']:.3f}, held-out "
             f"{scores['held_out']['accuracy']:.3f}")
     print(f"kept: {report['kept']}")
-  print(f"build wall time {report['seconds']:.0f} s; this call {time.time() - start:.1f} s")
+  print(f"build wall time {report['seconds']:.0f} s; this call {seconds:.1f} s")
+
+
+def main(argv):
+  del argv
+  logging.getLogger().setLevel(logging.INFO)
+  config, build_which = _CONFIG.value, _BUILD.value
+  # "both": the reward model, then the judge when the config has one (config.judge_model).
+  which = {"both": ["reward_model"] + (["judge"] if "judge_model" in config else []),
+           "reward_model": ["reward_model"], "judge": ["judge"]}[build_which]
+  for name in which:
+    start = time.time()
+    folder = ensure_reward_model(config if name == "reward_model" else judge_config(config))
+    print_report(name, folder, time.time() - start)
 
 
 if __name__ == "__main__":
-  from absl import app
+  from absl import app, flags
   from ml_collections import config_flags
 
   _CONFIG = config_flags.DEFINE_config_file("config", "configs/hh_rlhf_cpu.py",
                                             "A config with a reward_model block.")
+  _BUILD = flags.DEFINE_enum("build", "both", BUILDS,
+                             "Which to build or find: the reward model, the judge "
+                             "(config.judge_model), or both (the judge only if the config has it).")
   run_command(lambda args: app.run(main, args), sys.argv)
