@@ -70,7 +70,6 @@ def tiny_config(folder: Path, paths: dict, data_file: Path):
   return c
 
 
-
 def with_judge(config):
   """A copy of `config` with config.judge_model: recipe "head" on the teacher's backbone."""
   config = config.copy_and_resolve_references()
@@ -79,6 +78,7 @@ def with_judge(config):
                             head=dict(dev_fraction=0.25, l2=[1e-3], steps=100,
                                       learning_rate=1e-2))
   return config
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
@@ -358,7 +358,6 @@ def test_top_recipe_trains_the_last_layers_on_the_cached_stream_choosing_on_dev(
   assert 0 <= low <= in_graph["accuracy"] <= high <= 1
 
 
-
 def test_top_recipe_resumes_a_stopped_build_from_its_saved_stream(tmp_path, monkeypatch):
   """A build stopped in its stream (here its 3rd batch raises) leaves the batches it computed
   beside the cache entry; the rerun reads them back, computes the rest, builds the model one
@@ -390,6 +389,7 @@ def test_top_recipe_resumes_a_stopped_build_from_its_saved_stream(tmp_path, monk
   for a, b in zip(jax.tree.leaves(nnx.state(checkpoints.load_reward_model(once), nnx.Param)),
                   jax.tree.leaves(nnx.state(checkpoints.load_reward_model(resumed), nnx.Param))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
 
 def test_max_pairs_draws_some_training_pairs_and_keeps_the_held_out_ones(built):
   config = built[0].copy_and_resolve_references()
