@@ -156,10 +156,3 @@ def test_eval_row_e_teacher_has_its_own_tokenizer_and_chat_template(tmp_path):
   assert row["source"] == f"(e) teacher {real_gsm8k_cpu.STUDENT}"
   assert row["n"] == 2 and row["instruction_tokens"] > 0
   assert set(table["instructions"]) == {table["rows"][2]["source"], row["source"]}
-
-
-def test_answer_shape_counts_refusals_and_canned_replies():
-  shape = probe.answer_shape(["Sorry, but I can't assist with that.",
-                              " Sorry, but I can't assist with that.", "Sure: lock the door.",
-                              "I cannot help with that.", "Check the sorrel first."])
-  assert shape == {"refusals": 0.6, "most_common": 0.4}

@@ -511,3 +511,16 @@ def test_command_builds_the_reward_model_and_the_judge_or_names_what_is_missing(
   missing = run(config, "--build", "judge")
   assert missing.returncode == 2 and "config.judge_model" in missing.stderr
   assert len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+
+
+def test_a_judge_reads_a_jax_answer_without_the_stop_token_it_ended_with():
+  """The recorded answer of a JAX student ends with its stop token's text; the judge adds its own
+  eos, so that text would be read twice (SmolLM2 and Qwen share "<|im_end|>"). An answer cut at
+  the budget, and one from an API student, hold no stop text and stay as they are."""
+  from types import SimpleNamespace
+
+  from wst_jax.eval import without_stop
+  setup = SimpleNamespace(tokenizer=SimpleNamespace(decode=lambda ids: {7: "<|im_end|>"}[ids[0]]),
+                          rollout=SimpleNamespace(student_eos=(7,)))
+  assert without_stop(setup, ["Sure.<|im_end|>", "cut at the bud", "<|im_end|> inside, kept"]) == [
+      "Sure.", "cut at the bud", "<|im_end|> inside, kept"]

@@ -443,6 +443,13 @@ def test_eval_table_after_training(magic_run):
   paired = table["paired"][f"{rows['(d)']['source']} vs {rows['(a)']['source']}"]
   assert paired["diff"] == pytest.approx(rows["(d)"]["mean"], abs=1e-6)
   assert paired["only_second_right"] == 0
+  # (a) is always wrong: a row's win rate against it is its accuracy (a tie counts half).
+  assert rows["(a)"]["win_vs_alone"] == 0.5
+  assert rows["(d)"]["win_vs_alone"] == pytest.approx(0.5 + rows["(d)"]["mean"] / 2)
+  assert 0.0 <= paired["length_controlled"]["matched_n"] <= n
+  assert "at equal answer length" in result["markdown"]
+  samples = (out / "samples.md").read_text()
+  assert all(r["source"] in samples for r in table["rows"]) and "## Question 0" in samples
 
 
 def test_eval_resumes_from_its_records(magic_run):

@@ -13,7 +13,7 @@ from pathlib import Path
 from wst_jax import errors
 
 # (metric, panel title) per panel; each metric is a column of metrics.jsonl (`train.train`).
-PANELS = (("reward", "reward (student accuracy)"), ("kl", "KL to the untrained teacher"),
+PANELS = (("reward", "reward (per student answer)"), ("kl", "KL to the untrained teacher"),
           ("instruction_len", "instruction tokens"), ("answer_len", "answer tokens"))
 
 

@@ -38,7 +38,8 @@ from wst_jax.optim import optimizer
 from wst_jax.prompting import instruction_texts, strip_stop
 from wst_jax.records import JsonlRecords
 from wst_jax.sampling import Generation, generate, generate_queued
-from wst_jax.stats import bootstrap_interval, paired_comparison, paired_text
+from wst_jax.stats import (answer_shape, bootstrap_interval, length_controlled, length_text,
+                           paired_comparison, paired_text, win_rate)
 from wst_jax.step import hand_over, student_prompts, write_instructions
 
 
@@ -88,6 +89,14 @@ class SourceResult(NamedTuple):
 
 def _texts(tokenizer, ids: np.ndarray, masks: np.ndarray) -> list[str]:
   return [tokenizer.decode(r[m].tolist()) for r, m in zip(ids, masks)]
+
+
+def without_stop(setup, answers: list[str]) -> list[str]:
+  """A JAX student's recorded answers (`_texts`: the stop token's text kept at the end of an
+  answer that ended) as a text reader should see them: without it. A judge adds its own eos
+  (`rewards.TextRewardModel`), and an API student's answers never hold it."""
+  stops = tuple(setup.tokenizer.decode([i]) for i in setup.rollout.student_eos)
+  return [next((a[:-len(s)] for s in stops if s and a.endswith(s)), a) for a in answers]
 
 
 def _batches(n: int, bs: int):
@@ -325,37 +334,60 @@ def requests_text(rows: list[dict]) -> str:
 
 
 def markdown_table(rows: list[dict], metric: str) -> str:
+  """The table; "win vs. (a)" is the share of questions where a row's score beats the first
+  row's (a tie half), under the reward and under the judge."""
   judged = "judge_mean" in rows[0]
-  lines = [f"| instruction source | n | {metric} | 95% CI | vs. student alone "
-           + ("| judge score | judge 95% CI " if judged else "")
-           + "| instruction tokens | answer tokens |",
-           "|---|---:|---:|---|---:|" + ("---:|---|" if judged else "") + "---:|---:|"]
+  lines = [f"| instruction source | n | {metric} | 95% CI | vs. student alone | win vs. (a) "
+           + ("| judge score | judge 95% CI | judge win vs. (a) " if judged else "")
+           + "| instruction tokens | answer tokens | refusals | the most common answer |",
+           "|---|---:|---:|---|---:|---:|" + ("---:|---|---:|" if judged else "")
+           + "---:|---:|---:|---:|"]
   for r in rows:
     rel = "—" if r["relative_improvement_pct"] is None else f"{r['relative_improvement_pct']:+.1f}%"
     judge = (f"{r['judge_mean']:.3f} | [{r['judge_ci_low']:.3f}, {r['judge_ci_high']:.3f}] | "
-             if judged else "")
+             f"{r['judge_win_vs_alone']:.3f} | " if judged else "")
     lines.append(f"| {r['source']} | {r['n']} | {r['mean']:.3f} | "
-                 f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {rel} | {judge}"
-                 f"{r['instruction_tokens']:.1f} | {r['answer_tokens']:.1f} |")
+                 f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {rel} | {r['win_vs_alone']:.3f} | "
+                 f"{judge}{r['instruction_tokens']:.1f} | {r['answer_tokens']:.1f} | "
+                 f"{r['refusals']:.0%} | {r['most_common']:.0%} |")
   return "\n".join(lines)
 
 
-def table_rows(sources, config, records: Path | None = None, judge=None):
-  """One table: a row per instruction source (mean reward, 95% CI, improvement over the first
-  row, mean lengths), each teacher row's most frequent instructions, and the paired comparison
-  of the trained teacher's row "(d) ..." with every other row. -> (rows, instructions, paired).
+def samples_markdown(questions: list[str], results: dict, judged: dict, k: int = 6,
+                     context: int = 400) -> str:
+  """Every row's instruction and answer for the same first k questions, side by side (each
+  question's last `context` characters), with the reward (and the judge's score)."""
+  out = []
+  for i in range(min(k, len(questions))):
+    text = questions[i] if len(questions[i]) <= context else "…" + questions[i][-context:]
+    out += [f"## Question {i}", "", "> " + text.strip().replace("\n", "\n> "), ""]
+    for name, r in results.items():
+      judge = f", judge {judged[name][i]:.3f}" if name in judged else ""
+      out += [f"**{name}** (reward {r.rewards[i]:.3f}{judge})", "",
+              f"- instruction: {r.instructions[i].strip()!r}" if r.instructions[i] else
+              "- no instruction",
+              "- answer: " + repr(r.answers[i].strip()), ""]
+  return "\n".join(out)
+
+
+def table_rows(sources, config, questions: list[str], records: Path | None = None, judge=None):
+  """One table: a row per instruction source (mean reward, 95% CI, improvement over and win rate
+  against the first row, mean lengths, how alike its answers are: `answer_shape`), each teacher
+  row's most frequent instructions, and the paired comparison of the trained teacher's row
+  "(d) ..." with every other row, as it is and at equal answer length (`length_controlled`).
+  -> (rows, instructions, paired, samples): samples is `samples_markdown` of every row.
 
   sources: (row name, source, teacher (graphdef or None, params), origin, setup, that setup's
-  step inputs of the eval set) per row; every row answers the same questions. origin: where a
-  trained teacher's params come from (the stamp of `trained_teacher_params`), "" for a teacher
-  that is the setup's own model folder, or none.
+  step inputs of the eval set) per row; every row answers the same questions (`questions`, their
+  text). origin: where a trained teacher's params come from (the stamp of
+  `trained_teacher_params`), "" for a teacher that is the setup's own model folder, or none.
   records: a folder for each row's per-question JSONL (`run_source`), named by the row and a
   key of what it answers, so a rerun resumes each row and a changed setting starts afresh.
   judge: None, or answers (list[str], in question order) -> f32[N]: a second reward model's
-  scores (`rewards.TextRewardModel` on the eval set's dialogues); each row then has judge_mean
-  and its interval, and the paired comparisons are made under the judge too.
+  scores (`rewards.TextRewardModel` on the eval set's dialogues); each row then has judge_mean,
+  its interval and win rate, and the paired comparisons are made under the judge too.
   """
-  rows, instructions, scored, judged = [], {}, {}, {}
+  rows, instructions, results, judged = [], {}, {}, {}
   for name, source, teacher, origin, setup, arrays in sources:
     record = None
     if records is not None:
@@ -364,21 +396,23 @@ def table_rows(sources, config, records: Path | None = None, judge=None):
       records.mkdir(parents=True, exist_ok=True)
       key = content_key(setup, arrays, name, fields, origin)
       record = records / f"{slug(name)}-{key}.jsonl"
-    result = run_source(setup, arrays, source, teacher, desc=name, seed=config.seed,
-                        record=record)
+    result = results[name] = run_source(setup, arrays, source, teacher, desc=name,
+                                        seed=config.seed, record=record)
+    first = results[sources[0][0]]
     lo, hi = bootstrap_interval(result.rewards, config.eval.bootstrap_samples, config.seed)
     rows.append(dict(source=name, n=len(result.rewards), mean=float(result.rewards.mean()),
-                     ci_low=lo, ci_high=hi,
+                     ci_low=lo, ci_high=hi, win_vs_alone=win_rate(result.rewards, first.rewards),
                      instruction_tokens=float(result.instruction_tokens.mean()),
                      answer_tokens=float(result.answer_tokens.mean()),
+                     **answer_shape(result.answers),
                      record=None if record is None else str(record),
                      **({"student_requests": result.student_requests or {}}
                         if setup.student_api is not None else {})))
-    scored[name] = result.rewards
     if judge is not None:
       judged[name] = judge(result.answers)
       lo, hi = bootstrap_interval(judged[name], config.eval.bootstrap_samples, config.seed)
-      rows[-1].update(judge_mean=float(judged[name].mean()), judge_ci_low=lo, judge_ci_high=hi)
+      rows[-1].update(judge_mean=float(judged[name].mean()), judge_ci_low=lo, judge_ci_high=hi,
+                      judge_win_vs_alone=win_rate(judged[name], judged[sources[0][0]]))
     if source == "teacher":
       instructions[name] = top_instructions(result.instructions, result.rewards)
   # A relative change is only meaningful against a positive baseline (a reward-model score can
@@ -387,13 +421,18 @@ def table_rows(sources, config, records: Path | None = None, judge=None):
   for r in rows:
     r["relative_improvement_pct"] = (None if r is rows[0] or base <= 0
                                      else 100.0 * (r["mean"] - base) / base)
-  trained = next((k for k in scored if k.startswith("(d)")), None)
-  paired = {}
+  trained = next((k for k in results if k.startswith("(d)")), None)
+  paired, boot = {}, config.eval.bootstrap_samples
+  scored = {name: r.rewards for name, r in results.items()}
   for under, scores in [("", scored), (" (judge)", judged)]:
-    paired.update({f"{trained} vs {other}{under}": paired_comparison(
-        scores[trained], scores[other], config.eval.bootstrap_samples, config.seed)
-                   for other in scores if trained and other != trained})
-  return rows, instructions, paired
+    for other in scores:
+      if trained and other != trained:
+        x, y = scores[trained], scores[other]
+        paired[f"{trained} vs {other}{under}"] = dict(
+            paired_comparison(x, y, boot, config.seed),
+            length_controlled=length_controlled(x, y, results[trained].answer_tokens,
+                                                results[other].answer_tokens, boot, config.seed))
+  return rows, instructions, paired, samples_markdown(questions, results, judged)
 
 
 def eval_sets(setup) -> list[tuple[str, dict, list[str]]]:
@@ -436,7 +475,8 @@ def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
   teacher trained for another student (its run's workdir) scored on config's student is the
   transfer row.
   -> {"metric", "tables": [{"title", "rows", "instructions", "paired"}], "markdown"}; written
-  to workdir/eval/{table.md, results.json, table.csv}; each row's answers to
+  to workdir/eval/{table.md, results.json, table.csv}, the rows' answers to the same first
+  questions side by side to workdir/eval/samples.md; each row's answers to
   workdir/eval/answers/<eval set>/<row>-<key>.jsonl as they are scored (a rerun resumes them).
   """
   workdir = Path(workdir)
@@ -457,18 +497,21 @@ def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
                    teacher_setup(config, setup)))
   metric = "accuracy" if config.reward.kind == "verifier" else "reward-model score"
   judge = make_judge(config)
-  tables = []
+  tables, samples_md = [], []
   other_sets = [eval_sets(s) for _, s in others]
   for i, (title, arrays, dialogues) in enumerate(eval_sets(setup)):
     rows = [(*source, setup, arrays) for source in sources]
     rows += [(name, "teacher", (None, s.teacher_params), "", s, sets[i][1])
              for (name, s), sets in zip(others, other_sets)]
-    rows, instructions, paired = table_rows(
-        rows, config, workdir / "eval" / "answers" / slug(title),
-        None if judge is None else lambda answers, d=dialogues: judge.score(d, answers))
+    rows, instructions, paired, samples = table_rows(
+        rows, config, dialogues, workdir / "eval" / "answers" / slug(title),
+        None if judge is None
+        else lambda answers, d=dialogues: judge.score(d, without_stop(setup, answers)))
     tables.append({"title": title, "rows": rows, "instructions": instructions, "paired": paired})
+    samples_md.append(f"# {title}\n\n{samples}")
   markdown = "\n\n".join(f"### {t['title']}\n\n{markdown_table(t['rows'], metric)}"
-                          + "".join(f"\n\nPaired, {k}: {paired_text(v)}"
+                          + "".join(f"\n\nPaired, {k}: {paired_text(v)}; "
+                                    f"{length_text(v['length_controlled'])}"
                                     for k, v in t["paired"].items())
                           + requests_text(t["rows"])
                           for t in tables)
@@ -484,6 +527,7 @@ def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
       out = workdir / "eval"
       out.mkdir(parents=True, exist_ok=True)
       (out / "table.md").write_text(markdown + "\n")
+      (out / "samples.md").write_text("\n\n".join(samples_md) + "\n")
       (out / "results.json").write_text(json.dumps(result, indent=2))
       with open(out / "table.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["eval_set", *tables[0]["rows"][0]])

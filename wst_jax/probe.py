@@ -4,12 +4,13 @@ hand-written instructions, with the instruction in each placement, before any tr
     python -m wst_jax.probe --config configs/real_gsm8k_v2_cpu.py:dev --out results/real_gsm8k_v2
 
 Rows (`probe_rows`, each on the config's eval split, which for a `:dev` config is held out of the
-*train* questions): the student alone; each hand-written instruction of config.probe.instructions
-in its placement; then the untrained teacher's sampled instructions, placed as the config places
-them, under each of config.probe.meta_prompts and config.probe.temperatures (what training starts
-from; its first 50 samples go to OUT/<row>.md, for counting how many are instructions at all).
+*train* questions): the student alone; the hand-written instructions of config.probe.instructions
+in the config's own placement; then the untrained teacher's sampled instructions, placed as the
+config places them, under each of config.probe.meta_prompts and config.probe.temperatures (what
+training starts from; its first 50 samples go to OUT/<row>.md, for counting how many are
+instructions at all); last the hand-written instructions in the other placements.
 For each: accuracy (or reward-model score) with its 95% bootstrap interval, paired with the first
-row (the student alone), the mean answer length, how many answers hit the budget
+row (the student alone), as it is and at equal answer length, the mean answer length, how many answers hit the budget
 (rollout.answer_len) and half of it, and how alike the answers are (`answer_shape`: refusals, the
 most common answer's share). Then the headroom (`headroom`): what a per-question oracle
 over the instructions gains and loses against the student alone; and the go-or-stop check
@@ -20,9 +21,7 @@ row.
 """
 from __future__ import annotations
 
-import collections
 import json
-import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,9 +29,9 @@ import numpy as np
 
 from wst_jax import errors
 from wst_jax.data.batches import PLACEMENTS
-from wst_jax.eval import content_key, make_judge, run_source, slug
+from wst_jax.eval import content_key, make_judge, run_source, slug, without_stop
 from wst_jax.experiment import Setup
-from wst_jax.stats import bootstrap_interval, paired_comparison
+from wst_jax.stats import answer_shape, bootstrap_interval, length_controlled, paired_comparison
 
 WHERE = {"system": "system turn", "user_before": "user turn, before the question",
          "user_after": "user turn, after the question"}
@@ -49,17 +48,23 @@ class ProbeRow(NamedTuple):
 def probe_rows(config) -> list[ProbeRow]:
   """The rows: the student alone in the config's placement (the row every other is paired
   with), each of config.probe.instructions[placement] in that placement (`batches.PLACEMENTS`),
-  then the untrained teacher under each of config.probe.meta_prompts at each of
-  config.probe.temperatures (default: rollout.temperature), placed as the config places them."""
+  first those of the config's own placement, then the untrained teacher under each of
+  config.probe.meta_prompts at each of config.probe.temperatures (default: rollout.temperature),
+  placed as the config places them, and last the other placements' instructions: the rows that
+  training's settings are chosen from come first, so a probe stopped early has them."""
   chat = config.prompt.chat
   rows = [ProbeRow(f"alone ({WHERE[chat]}, no instruction)", PLACEMENTS[chat], "none", None)]
-  for where, texts in config.probe.instructions.items():
-    rows += [ProbeRow(f"{WHERE[where]}: {text}", PLACEMENTS[where], "fixed", text)
-             for text in texts]
+  fixed = lambda where: [ProbeRow(f"{WHERE[where]}: {text}", PLACEMENTS[where], "fixed", text)
+                         for text in config.probe.instructions[where]]
+  if chat in config.probe.instructions:
+    rows += fixed(chat)
   temperatures = config.probe.get("temperatures", [config.rollout.temperature])
   for i, meta in enumerate(config.probe.get("meta_prompts", ())):
     rows += [ProbeRow(f"untrained teacher, meta-prompt {i + 1}, T={t:g} ({WHERE[chat]})",
                       dict(teacher_template=meta), "teacher", None, t) for t in temperatures]
+  for where in config.probe.instructions:
+    if where != chat:
+      rows += fixed(where)
   return rows
 
 
@@ -84,39 +89,35 @@ def teacher_samples(name: str, config, result, limit: int = 50) -> str:
   return "\n".join(lines) + "\n"
 
 
-# A refusal, by its words (the HH issue's measure): what a harmlessness reward can be pleased by.
-REFUSAL = re.compile(r"\b(sorry|I can(?:no|'|’)t|I can not|I won(?:'|’)t|"
-                     r"I(?:'m|’m| am) (?:not able|unable)|not (?:able|appropriate)|"
-                     r"can(?:no|'|’)t (?:assist|help))\b", re.IGNORECASE)
-
-
-def answer_shape(answers: list[str]) -> dict:
-  """How alike a row's answers are: the share that refuse (`REFUSAL`) and the share that are the
-  row's most common answer word for word (a canned reply)."""
-  common = collections.Counter(a.strip() for a in answers).most_common(1)
-  return dict(refusals=float(np.mean([bool(REFUSAL.search(a)) for a in answers])),
-              most_common=float(common[0][1] / len(answers)) if common else 0.0)
-
-
 def markdown(rows: list[dict], metric: str, budget: int) -> str:
   """The probe's table; "vs. alone" is each row paired with the first on the same questions:
-  the difference with its paired bootstrap 95% interval and McNemar's p (0/1 rewards)."""
+  the difference with its paired bootstrap 95% interval and McNemar's p (0/1 rewards), then the
+  same difference between answers of equal length (`stats.length_controlled`)."""
   judged = "judge_mean" in rows[0]
   lines = [f"| row | n | {metric} | 95% CI | vs. {rows[0]['row']}, paired | "
+           "the same at equal answer length | "
            + ("judge score [95% CI] | judge vs. alone | " if judged else "")
            + f"mean answer tokens | answers at the {budget}-token budget | at {budget // 2} | "
            "refusals | the most common answer |",
-           "|---|---:|---:|---|---|" + ("---|---|" if judged else "") + "---:|---:|---:|---:|---:|"]
+           "|---|---:|---:|---|---|---|" + ("---|---|" if judged else "")
+           + "---:|---:|---:|---:|---:|"]
   for r in rows:
     judge = ""
     if judged:
       judge = (f"{r['judge_mean']:.3f} [{r['judge_ci_low']:.3f}, {r['judge_ci_high']:.3f}] | "
                f"{_versus(r['judge_vs_alone'])} | ")
     lines.append(f"| {r['row']} | {r['n']} | {r['mean']:.3f} | [{r['ci_low']:.3f}, "
-                 f"{r['ci_high']:.3f}] | {_versus(r['vs_alone'])} | {judge}"
+                 f"{r['ci_high']:.3f}] | {_versus(r['vs_alone'])} | "
+                 f"{_at_equal_length(r['vs_alone_at_equal_length'])} | {judge}"
                  f"{r['answer_tokens']:.1f} | {r['hit_budget']} | {r['hit_half_budget']} | "
                  f"{r['refusals']:.0%} | {r['most_common']:.0%} |")
   return "\n".join(lines)
+
+
+def _at_equal_length(p: dict) -> str:
+  """A `length_controlled` comparison in a table cell."""
+  return (f"{p['diff_at_equal_length']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}], "
+          f"{p['slope']:+.4f}/token")
 
 
 def _versus(p: dict) -> str:
@@ -193,7 +194,7 @@ def probe(config, out: Path) -> list[dict]:
   metric = "accuracy" if config.reward.kind == "verifier" else "reward-model score"
   budget = config.rollout.answer_len
   # held: (prompt, setup, step inputs) of the current rows; one setup's models at a time.
-  held, table, rewards, judged = None, [], {}, {}
+  held, table, rewards, lengths, judged = None, [], {}, {}, {}
   judge = make_judge(config)   # a second reward model beside the reward, if the config has one
   for name, prompt, source, text, temperature in probe_rows(config):
     placed = config.copy_and_resolve_references()
@@ -215,15 +216,16 @@ def probe(config, out: Path) -> list[dict]:
                         seed=config.seed, record=records / f"{slug(name)[:60]}-{key}.jsonl",
                         instruction=text)
     lo, hi = bootstrap_interval(result.rewards, config.eval.bootstrap_samples, config.seed)
-    rewards[name] = result.rewards
-    alone = rewards[table[0]["row"]] if table else result.rewards
+    rewards[name], lengths[name] = result.rewards, result.answer_tokens
+    first = table[0]["row"] if table else name
     judge_scores = {}
     if judge is not None:
-      judged[name] = judge.score([e["question"] for e in setup.task.eval], result.answers)
+      judged[name] = judge.score([e["question"] for e in setup.task.eval],
+                                 without_stop(setup, result.answers))
       j_lo, j_hi = bootstrap_interval(judged[name], config.eval.bootstrap_samples, config.seed)
       judge_scores = dict(judge_mean=float(judged[name].mean()), judge_ci_low=j_lo,
                           judge_ci_high=j_hi, judge_vs_alone=paired_comparison(
-                              judged[name], judged[table[0]["row"]] if table else judged[name],
+                              judged[name], judged[first],
                               config.eval.bootstrap_samples, config.seed))
     if source == "teacher":
       (out / f"{slug(name)}.md").write_text(teacher_samples(name, placed, result))
@@ -235,8 +237,11 @@ def probe(config, out: Path) -> list[dict]:
                       hit_budget=int(np.sum(result.answer_tokens >= budget)),
                       hit_half_budget=int(np.sum(result.answer_tokens >= budget // 2)),
                       **answer_shape(result.answers), **judge_scores,
-                      vs_alone=paired_comparison(result.rewards, alone,
-                                                 config.eval.bootstrap_samples, config.seed)))
+                      vs_alone=paired_comparison(result.rewards, rewards[first],
+                                                 config.eval.bootstrap_samples, config.seed),
+                      vs_alone_at_equal_length=length_controlled(
+                          result.rewards, rewards[first], result.answer_tokens, lengths[first],
+                          config.eval.bootstrap_samples, config.seed)))
     analysis = analysis_markdown(table, rewards, config)
     (out / "signal.md").write_text(markdown(table, metric, budget) + "\n\n" + analysis + "\n")
     (out / "signal.json").write_text(json.dumps(
