@@ -10,14 +10,14 @@ config places them, under each of config.probe.meta_prompts and config.probe.tem
 training starts from; its first 50 samples go to OUT/<row>.md, for counting how many are
 instructions at all); last the hand-written instructions in the other placements.
 For each: accuracy (or reward-model score) with its 95% bootstrap interval, paired with the first
-row (the student alone), as it is and at equal answer length, the mean answer length, how many answers hit the budget
-(rollout.answer_len) and half of it, and how alike the answers are (`answer_shape`: refusals, the
-most common answer's share). Then the headroom (`headroom`): what a per-question oracle
-over the instructions gains and loses against the student alone; and the go-or-stop check
-(`split_choice`): the best source chosen on the first half of the questions, its paired
-difference on the second half. Every row's answers go to OUT/probe/<row>-<key>.jsonl as they are
-scored (a rerun resumes), the tables to OUT/signal.md and OUT/signal.json, rewritten after each
-row.
+row (the student alone), as it is and at equal answer length, the mean answer length, how many
+answers hit the budget (rollout.answer_len) and half of it, and how alike the answers are
+(`answer_shape`: refusals, the most common answer's share). Then the headroom (`headroom`): what
+a per-question oracle over the instructions gains and loses against the student alone; and the
+go-or-stop check (`split_choice`): the best source chosen on the first half of the questions, its
+paired difference on the second half. Every row's answers go to OUT/probe/<row>-<key>.jsonl as
+they are scored (a rerun resumes), the tables to OUT/signal.md and OUT/signal.json, rewritten
+after each row.
 """
 from __future__ import annotations
 
