@@ -17,8 +17,9 @@ table; the reward models train on the other pairs (recipe "top": a Bradley-Terry
 frozen backbone, then its last 2 layers and final norm trained with it; the head alone is kept
 if that does not beat it on a dev split of those pairs, where every choice is made). `:dev` answers
 200 training dialogues instead (task.dev_size), where the placement, the budget, the meta-prompt
-and the temperature are chosen before any table is run. Until stage 1 has run, the settings
-below are the first guesses, not choices.
+and the temperature are chosen before any table is run. Chosen there (results/real_hh_rlhf/
+signal.md): the placement after the last human turn, row (b)'s instruction (the best of the 6
+hand-written ones) and the teacher's temperature 0.7 (T 0.7 and 1.0 tried).
 """
 from configs import common, real_gsm8k_cpu
 from wst_jax import cache, reward_model
@@ -67,12 +68,13 @@ def get_config(arg: str = ""):
   c.student.dtypes = dict(dtype="bfloat16", param_dtype="bfloat16")
   c.task.update(name="hh_rlhf", train_path=assets.locate("hh_rlhf/harmless-base-test.jsonl.gz"),
                 eval_path="", eval_size=300, dev_size=200 if arg == "dev" else 0)
-  c.prompt.update(PLACEMENTS["user_after"], teacher_template=META_PROMPT, dialogue=True)
+  c.prompt.update(PLACEMENTS["user_after"], teacher_template=META_PROMPT, dialogue=True,
+                  human_instruction=AFTER_LAST_TURN[0])
   # Dialogues keep their last 256 student tokens; the student's prompt before the instruction
   # holds them with the chat template's turns (and its default system turn: Qwen adds one).
   c.data.update(question_len=256, teacher_prompt_len=448, student_prefix_len=384,
                 student_suffix_len=16, rm_prompt_len=256, retokenized_instruction_len=48)
-  c.rollout.update(instruction_len=40, answer_len=128, temperature=1.0, top_p=0.95)
+  c.rollout.update(instruction_len=40, answer_len=128, temperature=0.7, top_p=0.95)
   c.reward.update(kind="reward_model", model_path=reward_model.REFERENCE)
   cache_dir = str(cache.default_root())
   c.reward_model = reward_model_block(cache_dir)

@@ -104,7 +104,8 @@ def test_gpu_config_smoke_two_steps_on_cpu(tmp_path):
 
 def test_probe_rows_on_real_models_resume_from_their_records(tmp_path):
   """`wst_jax.probe` on SmolLM2 (both roles, the :smoke sizes): every row is scored and recorded
-  per question; a rerun answers nothing again (the records are complete) and gives the table."""
+  per question; a rerun answers nothing again (the records are complete), also with another
+  prompt.human_instruction, and gives the table."""
   config = real_gsm8k_gpu.get_config("smoke")
   texts = ["Let's think step by step.", "Reply with the number only."]
   config.probe = dict(instructions={"system": texts, "user_after": texts})
@@ -120,8 +121,10 @@ def test_probe_rows_on_real_models_resume_from_their_records(tmp_path):
              for p in records}
   assert len({tuple(a) for a in answers.values()}) > 1
   before = {p: p.read_text() for p in records}
+  # Row (b)'s instruction is set from the probe's result; no probe row reads it.
+  config.prompt.human_instruction = "Reply with the number only."
   assert probe.probe(config, tmp_path) == table
-  assert {p: p.read_text() for p in records} == before
+  assert {p: p.read_text() for p in (tmp_path / "probe").glob("*.jsonl")} == before
   signal = (tmp_path / "signal.md").read_text()
   assert sum(line.startswith("| ") for line in signal.splitlines()) == 1 + 5  # header, rows
   # The headroom and the go check: chosen on the first 2 questions, scored on the other 2.

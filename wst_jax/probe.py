@@ -70,8 +70,11 @@ def probe_rows(config) -> list[ProbeRow]:
 
 def record_key(setup, arrays, name: str, source: str) -> str:
   """The key of a row's record: what the student is asked (prompts, settings) and, for a teacher
-  row, the teacher's prompts too, so a change of meta-prompt leaves the other rows' records."""
+  row, the teacher's prompts too, so a change of meta-prompt leaves the other rows' records.
+  prompt.human_instruction is left out: no probe row reads it (a "fixed" row has its own text),
+  and it is set from the probe's result, which must not start the probe afresh."""
   prompt, rollout = setup.config.prompt.to_dict(), setup.config.rollout.to_dict()
+  prompt.pop("human_instruction")
   if source != "teacher":
     arrays = {k: v for k, v in arrays.items() if not k.startswith("teacher_")}
     prompt.pop("teacher_template")
