@@ -5,16 +5,15 @@ r"""Evaluation: the paper's table. The student answers held-out questions with
   (e) a larger teacher (config.eval.teacher_path: a model reference, as the teacher's);
 
 reports accuracy (or reward-model score) with a 95% bootstrap interval and the relative
-improvement over (a), as Markdown, JSON and CSV. The student is the JAX decoder, or one behind an
-API (`student_api`; the table then says what it asked). Row (d)'s teacher may come from another
-run (--teacher_workdir): a teacher trained for another student, the transfer row.
+improvement over (a), as Markdown, JSON and CSV (rendered and written by `wst_jax.report`). The
+student is the JAX decoder, or one behind an API (`student_api`; the table then says what it
+asked). Row (d)'s teacher may come from another run (--teacher_workdir): a teacher trained for
+another student, the transfer row.
 
     python -m wst_jax.eval --config configs/gsm8k_cpu.py [--workdir runs/...]
 """
 from __future__ import annotations
 
-import collections
-import csv
 import hashlib
 import json
 import logging
@@ -37,9 +36,10 @@ from wst_jax.experiment import (Setup, checkpoint_manager, init_state, on_every_
 from wst_jax.optim import optimizer
 from wst_jax.prompting import instruction_texts, strip_stop
 from wst_jax.records import JsonlRecords
+from wst_jax.report import samples_markdown, tables_markdown, top_instructions, write_tables
 from wst_jax.sampling import Generation, generate, generate_queued
-from wst_jax.stats import (answer_shape, bootstrap_interval, length_controlled, length_text,
-                           paired_comparison, paired_text, win_rate)
+from wst_jax.stats import (answer_shape, bootstrap_interval, length_controlled,
+                           paired_comparison, win_rate)
 from wst_jax.step import hand_over, student_prompts, write_instructions
 
 
@@ -309,78 +309,26 @@ def teacher_setup(config, setup: Setup) -> Setup:
   return Setup(other, student_from=setup, training=False)
 
 
-def top_instructions(instructions: list[str], rewards: np.ndarray, k: int = 5) -> list[dict]:
-  """The teacher's most frequent instructions with their count and mean reward."""
-  by_text = collections.defaultdict(list)
-  for t, r in zip(instructions, rewards):
-    by_text[t].append(float(r))
-  common = sorted(by_text.items(), key=lambda kv: -len(kv[1]))[:k]
-  return [{"instruction": t, "count": len(v), "reward": float(np.mean(v))} for t, v in common]
+class TableSource(NamedTuple):
+  name: str       # the row's name in the table, e.g. "(a) student alone"
+  source: str     # "none" | "fixed" | "teacher" (`run_source`)
+  teacher: tuple  # (graphdef or None for the trained teacher's, params) of a "teacher" row
+  # Where a trained teacher's params come from, in the row's record key: the stamp of
+  # `trained_teacher_params`; "" for a teacher that is the setup's own model folder, or none.
+  origin: str
+  setup: Setup    # the setup that answers the row (row (e)'s: `teacher_setup`)
+  arrays: dict    # that setup's step inputs of the eval set
 
 
-def requests_text(rows: list[dict]) -> str:
-  """The API student's requests behind a table, summed over its rows ("" for a JAX student):
-  what this evaluation asked (and a paid API billed), and what the journal answered."""
-  asked = collections.Counter()
-  for r in rows:
-    asked.update(r.get("student_requests", {}))
-  if not any("student_requests" in r for r in rows):
-    return ""
-  total = asked["asked"] + asked["journal_hits"]
-  return (f"\n\nStudent requests: {asked['asked']} asked ({asked['prompt_tokens']} prompt + "
-          f"{asked['completion_tokens']} completion tokens), {asked['journal_hits']} answered "
-          f"from the journal ({asked['journal_hits'] / max(total, 1):.0%}), {asked['retries']} "
-          "retries; rows read back from their records asked nothing.")
-
-
-def markdown_table(rows: list[dict], metric: str) -> str:
-  """The table; "win vs. (a)" is the share of questions where a row's score beats the first
-  row's (a tie half), under the reward and under the judge."""
-  judged = "judge_mean" in rows[0]
-  lines = [f"| instruction source | n | {metric} | 95% CI | vs. student alone | win vs. (a) "
-           + ("| judge score | judge 95% CI | judge win vs. (a) " if judged else "")
-           + "| instruction tokens | answer tokens | refusals | the most common answer |",
-           "|---|---:|---:|---|---:|---:|" + ("---:|---|---:|" if judged else "")
-           + "---:|---:|---:|---:|"]
-  for r in rows:
-    rel = "—" if r["relative_improvement_pct"] is None else f"{r['relative_improvement_pct']:+.1f}%"
-    judge = (f"{r['judge_mean']:.3f} | [{r['judge_ci_low']:.3f}, {r['judge_ci_high']:.3f}] | "
-             f"{r['judge_win_vs_alone']:.3f} | " if judged else "")
-    lines.append(f"| {r['source']} | {r['n']} | {r['mean']:.3f} | "
-                 f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {rel} | {r['win_vs_alone']:.3f} | "
-                 f"{judge}{r['instruction_tokens']:.1f} | {r['answer_tokens']:.1f} | "
-                 f"{r['refusals']:.0%} | {r['most_common']:.0%} |")
-  return "\n".join(lines)
-
-
-def samples_markdown(questions: list[str], results: dict, judged: dict, k: int = 6,
-                     context: int = 400) -> str:
-  """Every row's instruction and answer for the same first k questions, side by side (each
-  question's last `context` characters), with the reward (and the judge's score)."""
-  out = []
-  for i in range(min(k, len(questions))):
-    text = questions[i] if len(questions[i]) <= context else "…" + questions[i][-context:]
-    out += [f"## Question {i}", "", "> " + text.strip().replace("\n", "\n> "), ""]
-    for name, r in results.items():
-      judge = f", judge {judged[name][i]:.3f}" if name in judged else ""
-      out += [f"**{name}** (reward {r.rewards[i]:.3f}{judge})", "",
-              f"- instruction: {r.instructions[i].strip()!r}" if r.instructions[i] else
-              "- no instruction",
-              "- answer: " + repr(r.answers[i].strip()), ""]
-  return "\n".join(out)
-
-
-def table_rows(sources, config, questions: list[str], records: Path | None = None, judge=None):
+def table_rows(sources: list[TableSource], config, questions: list[str],
+               records: Path | None = None, judge=None):
   """One table: a row per instruction source (mean reward, 95% CI, improvement over and win rate
   against the first row, mean lengths, how alike its answers are: `answer_shape`), each teacher
   row's most frequent instructions, and the paired comparison of the trained teacher's row
   "(d) ..." with every other row, as it is and at equal answer length (`length_controlled`).
-  -> (rows, instructions, paired, samples): samples is `samples_markdown` of every row.
+  -> (rows, instructions, paired, samples): samples is `report.samples_markdown` of every row.
 
-  sources: (row name, source, teacher (graphdef or None, params), origin, setup, that setup's
-  step inputs of the eval set) per row; every row answers the same questions (`questions`, their
-  text). origin: where a trained teacher's params come from (the stamp of
-  `trained_teacher_params`), "" for a teacher that is the setup's own model folder, or none.
+  sources: a row each; every row answers the same questions (`questions`, their text).
   records: a folder for each row's per-question JSONL (`run_source`), named by the row and a
   key of what it answers, so a rerun resumes each row and a changed setting starts afresh.
   judge: None, or answers (list[str], in question order) -> f32[N]: a second reward model's
@@ -388,17 +336,19 @@ def table_rows(sources, config, questions: list[str], records: Path | None = Non
   its interval and win rate, and the paired comparisons are made under the judge too.
   """
   rows, instructions, results, judged = [], {}, {}, {}
-  for name, source, teacher, origin, setup, arrays in sources:
+  alone = sources[0].name
+  for src in sources:
+    name, setup = src.name, src.setup
     record = None
     if records is not None:
       fields = json.dumps([config.rollout.to_dict(), config.prompt.to_dict(), config.seed,
                            str(setup.paths["teacher"])], sort_keys=True, default=str)
       records.mkdir(parents=True, exist_ok=True)
-      key = content_key(setup, arrays, name, fields, origin)
+      key = content_key(setup, src.arrays, name, fields, src.origin)
       record = records / f"{slug(name)}-{key}.jsonl"
-    result = results[name] = run_source(setup, arrays, source, teacher, desc=name,
+    result = results[name] = run_source(setup, src.arrays, src.source, src.teacher, desc=name,
                                         seed=config.seed, record=record)
-    first = results[sources[0][0]]
+    first = results[alone]
     lo, hi = bootstrap_interval(result.rewards, config.eval.bootstrap_samples, config.seed)
     rows.append(dict(source=name, n=len(result.rewards), mean=float(result.rewards.mean()),
                      ci_low=lo, ci_high=hi, win_vs_alone=win_rate(result.rewards, first.rewards),
@@ -412,8 +362,8 @@ def table_rows(sources, config, questions: list[str], records: Path | None = Non
       judged[name] = judge(result.answers)
       lo, hi = bootstrap_interval(judged[name], config.eval.bootstrap_samples, config.seed)
       rows[-1].update(judge_mean=float(judged[name].mean()), judge_ci_low=lo, judge_ci_high=hi,
-                      judge_win_vs_alone=win_rate(judged[name], judged[sources[0][0]]))
-    if source == "teacher":
+                      judge_win_vs_alone=win_rate(judged[name], judged[alone]))
+    if src.source == "teacher":
       instructions[name] = top_instructions(result.instructions, result.rewards)
   # A relative change is only meaningful against a positive baseline (a reward-model score can
   # be <= 0); the table shows "—" then.
@@ -482,39 +432,37 @@ def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
   workdir = Path(workdir)
   setup = setup or Setup(config, training=False, workdir=workdir)
   teacher_workdir = Path(teacher_workdir or workdir).resolve()
-  sources = [("(a) student alone", "none", (None, None), ""),
-             ("(b) human instruction", "fixed", (None, None), ""),
-             ("(c) untrained teacher", "teacher", (None, setup.teacher_params), "")]
+  # arrays: None until each eval set's step inputs are filled in below.
+  sources = [TableSource("(a) student alone", "none", (None, None), "", setup, None),
+             TableSource("(b) human instruction", "fixed", (None, None), "", setup, None),
+             TableSource("(c) untrained teacher", "teacher", (None, setup.teacher_params), "",
+                         setup, None)]
   trained, step, stamp = trained_teacher_params(setup, teacher_workdir)
   if trained is not None:
     origin = "" if teacher_workdir == workdir.resolve() else f", trained in {teacher_workdir}"
-    sources.append((f"(d) WST teacher (step {step}{origin})", "teacher", (None, trained), stamp))
+    sources.append(TableSource(f"(d) WST teacher (step {step}{origin})", "teacher",
+                               (None, trained), stamp, setup, None))
   else:
     logging.warning("no checkpoint in %s: row (d) is left out", teacher_workdir)
-  others = []   # (name, setup) of rows with a teacher of their own
+  others = []   # rows with a teacher of their own
   if config.eval.teacher_path:
-    others.append((f"(e) teacher {Path(config.eval.teacher_path).name}",
-                   teacher_setup(config, setup)))
+    other = teacher_setup(config, setup)
+    others.append(TableSource(f"(e) teacher {Path(config.eval.teacher_path).name}", "teacher",
+                              (None, other.teacher_params), "", other, None))
   metric = "accuracy" if config.reward.kind == "verifier" else "reward-model score"
   judge = make_judge(config)
   tables, samples_md = [], []
-  other_sets = [eval_sets(s) for _, s in others]
+  other_sets = [eval_sets(s.setup) for s in others]
   for i, (title, arrays, dialogues) in enumerate(eval_sets(setup)):
-    rows = [(*source, setup, arrays) for source in sources]
-    rows += [(name, "teacher", (None, s.teacher_params), "", s, sets[i][1])
-             for (name, s), sets in zip(others, other_sets)]
+    table_sources = [s._replace(arrays=arrays) for s in sources]
+    table_sources += [s._replace(arrays=sets[i][1]) for s, sets in zip(others, other_sets)]
     rows, instructions, paired, samples = table_rows(
-        rows, config, dialogues, workdir / "eval" / "answers" / slug(title),
+        table_sources, config, dialogues, workdir / "eval" / "answers" / slug(title),
         None if judge is None
         else lambda answers, d=dialogues: judge.score(d, without_stop(setup, answers)))
     tables.append({"title": title, "rows": rows, "instructions": instructions, "paired": paired})
     samples_md.append(f"# {title}\n\n{samples}")
-  markdown = "\n\n".join(f"### {t['title']}\n\n{markdown_table(t['rows'], metric)}"
-                          + "".join(f"\n\nPaired, {k}: {paired_text(v)}; "
-                                    f"{length_text(v['length_controlled'])}"
-                                    for k, v in t["paired"].items())
-                          + requests_text(t["rows"])
-                          for t in tables)
+  markdown = tables_markdown(tables, metric)
   result = {"metric": metric, "tables": tables, "markdown": markdown}
   if jax.process_index() == 0:
     print("\n" + markdown + "\n")
@@ -524,15 +472,7 @@ def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
         for t in tops:
           print(f"  {t['count']:4d}x  reward {t['reward']:.3f}  {t['instruction']!r}")
     if config.eval.write_table:
-      out = workdir / "eval"
-      out.mkdir(parents=True, exist_ok=True)
-      (out / "table.md").write_text(markdown + "\n")
-      (out / "samples.md").write_text("\n\n".join(samples_md) + "\n")
-      (out / "results.json").write_text(json.dumps(result, indent=2))
-      with open(out / "table.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["eval_set", *tables[0]["rows"][0]])
-        writer.writeheader()
-        writer.writerows({"eval_set": t["title"], **r} for t in tables for r in t["rows"])
+      write_tables(workdir / "eval", result, samples_md)
   return result
 
 
