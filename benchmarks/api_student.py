@@ -16,8 +16,9 @@ part: run it alone on the machine (no tests, no training), figures under load ar
     python benchmarks/api_student.py [--questions 64] [--budget 256] [--concurrency 1 8 32]
 
 There is no speed target: this is the price of asking a student over HTTP on the same machine
-(a hosted or GPU server is another machine). A way that cannot answer every question stops the
-run with its error (non-zero exit status), and nothing is written.
+(a hosted or GPU server is another machine). --out is rewritten as each way ends ("complete":
+false until the last one has): a run stopped midway keeps the ways it finished. A way that cannot
+answer every question stops the run with its error (non-zero exit status) and adds nothing.
 """
 from __future__ import annotations
 
@@ -119,9 +120,14 @@ def main():
   result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
                 model=STUDENT, questions=len(questions), budget=args.budget,
-                server_dtype=args.dtype, load_at_start=load(), ways={})
+                server_dtype=args.dtype, load_at_start=load(), complete=False, ways={})
+
+  def write():
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
   reference, stats = run_jax(folder, questions, args)
   result["ways"]["jax queued"] = dict(stats, **scored(reference, gold, None))
+  write()
   servers = [("server", ())] + ([("server, continuous batching", ("--continuous-batching",))]
                                 if args.continuous_batching else [])
   for name, extra in servers:
@@ -129,7 +135,9 @@ def main():
       for c in args.concurrency:
         texts, stats = run_server(server, questions, c, args)
         result["ways"][f"{name}, concurrency {c}"] = dict(stats, **scored(texts, gold, reference))
-  args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write()
+  result["complete"] = True
+  write()
   for name, way in result["ways"].items():
     print(f"{name:42s} {way['answers_per_minute']:7.2f} answers/min  accuracy "
           f"{way['accuracy']:.3f}  identical to jax {way.get('identical_to_jax', '-')}")
