@@ -36,7 +36,8 @@ from wst_jax.experiment import (Setup, checkpoint_manager, init_state, on_every_
 from wst_jax.optim import optimizer
 from wst_jax.prompting import instruction_texts, strip_stop
 from wst_jax.records import JsonlRecords
-from wst_jax.report import samples_markdown, tables_markdown, top_instructions, write_tables
+from wst_jax.report import (instructions_text, samples_markdown, tables_markdown,
+                            top_instructions, write_tables)
 from wst_jax.sampling import Generation, generate, generate_queued
 from wst_jax.stats import (answer_shape, bootstrap_interval, length_controlled,
                            paired_comparison, win_rate)
@@ -466,11 +467,8 @@ def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
   result = {"metric": metric, "tables": tables, "markdown": markdown}
   if jax.process_index() == 0:
     print("\n" + markdown + "\n")
-    for table in tables:
-      for name, tops in table["instructions"].items():
-        print(f"{table['title']}, {name}: most frequent instructions")
-        for t in tops:
-          print(f"  {t['count']:4d}x  reward {t['reward']:.3f}  {t['instruction']!r}")
+    if tops := instructions_text(tables):
+      print(tops)
     if config.eval.write_table:
       write_tables(workdir / "eval", result, samples_md)
   return result

@@ -25,6 +25,17 @@ def top_instructions(instructions: list[str], rewards: np.ndarray, k: int = 5) -
   return [{"instruction": t, "count": len(v), "reward": float(np.mean(v))} for t, v in common]
 
 
+def instructions_text(tables: list[dict]) -> str:
+  """Each teacher row's most frequent instructions (`top_instructions`), a line each, under its
+  table's title and row name. tables: as `tables_markdown` takes them, with "instructions"."""
+  lines = []
+  for table in tables:
+    for name, tops in table["instructions"].items():
+      lines.append(f"{table['title']}, {name}: most frequent instructions")
+      lines += [f"  {t['count']:4d}x  reward {t['reward']:.3f}  {t['instruction']!r}" for t in tops]
+  return "\n".join(lines)
+
+
 def requests_text(rows: list[dict]) -> str:
   """The API student's requests behind a table, summed over its rows ("" for a JAX student):
   what this evaluation asked (and a paid API billed), and what the journal answered."""
