@@ -405,9 +405,12 @@ def eval_sets(setup) -> list[tuple[str, dict, list[str]]]:
   return sets
 
 
-def make_judge(config) -> rewards.TextRewardModel | None:
+def make_judge(config):
   """config.eval.judge_path's reward model, reading answers as text in its own tokenizer
-  (built first if it is "pretrained:judge"), or None when there is none."""
+  (built first if it is "pretrained:judge"), or None when there is none.
+
+  -> judge(setup, questions: list[str], answers: list[str]) -> f32[N] scores, where answers
+  are as `setup`'s student recorded them (`without_stop` is applied here)."""
   if not config.eval.judge_path:
     return None
   # Answers of up to answer_len tokens and their stop token; a judge built here reads no more
@@ -415,8 +418,9 @@ def make_judge(config) -> rewards.TextRewardModel | None:
   read = config.rollout.answer_len + 1
   if config.eval.judge_path == reward_model.JUDGE:
     read = min(read, config.judge_model.response_len)
-  return rewards.TextRewardModel(resolve_model_ref(config.eval.judge_path, config),
-                                 config.data.question_len, read)
+  model = rewards.TextRewardModel(resolve_model_ref(config.eval.judge_path, config),
+                                  config.data.question_len, read)
+  return lambda setup, questions, answers: model.score(questions, without_stop(setup, answers))
 
 
 def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
@@ -459,8 +463,7 @@ def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
     table_sources += [s._replace(arrays=sets[i][1]) for s, sets in zip(others, other_sets)]
     rows, instructions, paired, samples = table_rows(
         table_sources, config, dialogues, workdir / "eval" / "answers" / slug(title),
-        None if judge is None
-        else lambda answers, d=dialogues: judge.score(d, without_stop(setup, answers)))
+        None if judge is None else lambda answers, d=dialogues: judge(setup, d, answers))
     tables.append({"title": title, "rows": rows, "instructions": instructions, "paired": paired})
     samples_md.append(f"# {title}\n\n{samples}")
   markdown = tables_markdown(tables, metric)

@@ -29,7 +29,7 @@ import numpy as np
 
 from wst_jax import errors
 from wst_jax.data.batches import PLACEMENTS
-from wst_jax.eval import content_key, make_judge, run_source, slug, without_stop
+from wst_jax.eval import content_key, make_judge, run_source, slug
 from wst_jax.experiment import Setup
 from wst_jax.stats import answer_shape, bootstrap_interval, length_controlled, paired_comparison
 
@@ -189,8 +189,8 @@ def analysis_markdown(rows: list[dict], rewards: dict, config) -> str:
 def probe(config, out: Path) -> list[dict]:
   """Runs every row (resuming recorded ones); -> the table rows, also written under `out`."""
   if "probe" not in config:
-    raise errors.ConfigError("config.probe.instructions is missing: the probe needs the hand-written "
-                     "instructions to try (see configs/real_gsm8k_cpu.py).")
+    raise errors.ConfigError("config.probe.instructions is missing: the probe needs the "
+                             "hand-written instructions to try (see configs/real_gsm8k_cpu.py).")
   out = Path(out)
   records = out / "probe"
   records.mkdir(parents=True, exist_ok=True)
@@ -223,8 +223,7 @@ def probe(config, out: Path) -> list[dict]:
     first = table[0]["row"] if table else name
     judge_scores = {}
     if judge is not None:
-      judged[name] = judge.score([e["question"] for e in setup.task.eval],
-                                 without_stop(setup, result.answers))
+      judged[name] = judge(setup, [e["question"] for e in setup.task.eval], result.answers)
       j_lo, j_hi = bootstrap_interval(judged[name], config.eval.bootstrap_samples, config.seed)
       judge_scores = dict(judge_mean=float(judged[name].mean()), judge_ci_low=j_lo,
                           judge_ci_high=j_hi, judge_vs_alone=paired_comparison(
