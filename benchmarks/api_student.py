@@ -49,7 +49,7 @@ from wst_jax.sampling import generate_queued  # noqa: E402
 from wst_jax.student_api import ApiStudent, Endpoint  # noqa: E402
 
 STUDENT = "qwen2.5-coder-0.5b-instruct"
-PROMPT = ConfigDict(dict(batches.PLACEMENTS["user_after"]))
+PROMPT = ConfigDict(dict(batches.PLACEMENTS["user_after"], dialogue=False))  # a question, not turns
 
 
 def load() -> list[float]:
