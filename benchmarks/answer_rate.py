@@ -1,6 +1,6 @@
 """How fast the student answers GSM8K: Qwen2.5-Coder-0.5B-Instruct (or --student, the zoo's
-1.5B) answers the first --questions GSM8K test questions (chat template, its own stop token, a --budget-token answer budget), greedy,
-on this machine, in one run:
+1.5B) answers the first --questions GSM8K test questions (chat template, its own stop token, a
+--budget-token answer budget), greedy, on this machine, in one run:
 
   * "f32 static": our `generate` in f32, batches of --batch rows padded to their longest prompt,
     each batch decoding until its longest answer ends (the path before mixed precision);
@@ -25,8 +25,9 @@ rows: not measured).
 
 Targets: bf16 queued >= 3x the answers/minute of f32 static and ahead of transformers bf16;
 its accuracy within 3 points of f32; prefill >= 200 GFLOP/s; a decode step within 1.5x of its
-compute floor (1.3x for the 1.5B, the step-cost issue's target). The JSON records each as met or not; the exit status is non-zero when one is
-missed. Run it alone on the machine (no tests, no training): figures under load are not results.
+compute floor (1.3x for the 1.5B, the step-cost issue's target). The JSON records each as met
+or not; the exit status is non-zero when one is missed. Run it alone on the machine (no tests, no
+training): figures under load are not results.
 """
 import argparse
 import datetime
@@ -262,7 +263,8 @@ def main():
   qs = questions(args.questions)
   rows = [batches.user_turn_ids(tok, q["question"]) for q in qs]
   parts = static_batches(rows, args.batch, pad)
-  result.update(student=args.student, stop_ids=list(eos), mean_prompt_tokens=float(np.mean(list(map(len, rows)))))
+  result.update(student=args.student, stop_ids=list(eos),
+                mean_prompt_tokens=float(np.mean(list(map(len, rows)))))
   reference = None
   for way in args.ways:
     dtype = "float32" if way.startswith("f32") else "bfloat16"

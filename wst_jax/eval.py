@@ -332,9 +332,9 @@ def table_rows(sources: list[TableSource], config, questions: list[str],
   sources: a row each; every row answers the same questions (`questions`, their text).
   records: a folder for each row's per-question JSONL (`run_source`), named by the row and a
   key of what it answers, so a rerun resumes each row and a changed setting starts afresh.
-  judge: None, or answers (list[str], in question order) -> f32[N]: a second reward model's
-  scores (`rewards.TextRewardModel` on the eval set's dialogues); each row then has judge_mean,
-  its interval and win rate, and the paired comparisons are made under the judge too.
+  judge: None, or `make_judge`'s judge, called with each row's setup, `questions` and its
+  answers: a second reward model's scores f32[N]; each row then has judge_mean, its interval
+  and win rate, and the paired comparisons are made under the judge too.
   """
   rows, instructions, results, judged = [], {}, {}, {}
   alone = sources[0].name
@@ -360,7 +360,7 @@ def table_rows(sources: list[TableSource], config, questions: list[str],
                      **({"student_requests": result.student_requests or {}}
                         if setup.student_api is not None else {})))
     if judge is not None:
-      judged[name] = judge(result.answers)
+      judged[name] = judge(setup, questions, result.answers)
       lo, hi = bootstrap_interval(judged[name], config.eval.bootstrap_samples, config.seed)
       rows[-1].update(judge_mean=float(judged[name].mean()), judge_ci_low=lo, judge_ci_high=hi,
                       judge_win_vs_alone=win_rate(judged[name], judged[alone]))
@@ -462,8 +462,7 @@ def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
     table_sources = [s._replace(arrays=arrays) for s in sources]
     table_sources += [s._replace(arrays=sets[i][1]) for s, sets in zip(others, other_sets)]
     rows, instructions, paired, samples = table_rows(
-        table_sources, config, dialogues, workdir / "eval" / "answers" / slug(title),
-        None if judge is None else lambda answers, d=dialogues: judge(setup, d, answers))
+        table_sources, config, dialogues, workdir / "eval" / "answers" / slug(title), judge)
     tables.append({"title": title, "rows": rows, "instructions": instructions, "paired": paired})
     samples_md.append(f"# {title}\n\n{samples}")
   markdown = tables_markdown(tables, metric)

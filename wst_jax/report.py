@@ -61,7 +61,8 @@ def markdown_table(rows: list[dict], metric: str) -> str:
            "|---|---:|---:|---|---:|---:|" + ("---:|---|---:|" if judged else "")
            + "---:|---:|---:|---:|"]
   for r in rows:
-    rel = "—" if r["relative_improvement_pct"] is None else f"{r['relative_improvement_pct']:+.1f}%"
+    rel = r["relative_improvement_pct"]
+    rel = "—" if rel is None else f"{rel:+.1f}%"
     judge = (f"{r['judge_mean']:.3f} | [{r['judge_ci_low']:.3f}, {r['judge_ci_high']:.3f}] | "
              f"{r['judge_win_vs_alone']:.3f} | " if judged else "")
     lines.append(f"| {r['source']} | {r['n']} | {r['mean']:.3f} | "
