@@ -7,9 +7,11 @@ first training batch, at each answer budget of --budgets.
 
 For each budget:
   * the whole jitted step (`step.make_train_step`, as train.py jits it): its compile time (AOT,
-    timed alone) and the seconds of one call, per student answer;
-  * at the budgets of --phases-at, each phase of `step.Phases` jitted and timed alone, in the
-    step's order on the step's own intermediate values: the teacher writing (its prefill timed
+    timed alone) and the seconds of its second call, per student answer: what each step of a
+    run pays after its first (the first call, recorded beside it as first_call_s, also pays
+    whatever a process pays once; labels before "after-top-p" timed that one call alone);
+  * at the budgets of --phases-at, each phase of `step.Phases` jitted and timed alone (its
+    second call, as the step), in the step's order on the step's own intermediate values: the teacher writing (its prefill timed
     as the same phase with a one-token budget; decode = the rest), the hand-over to the student's
     tokenizer, the student's answers (prefill the same way; with the decode row-steps run
     against the sum of the answer lengths), the reward, the old policy, the reference and the
@@ -66,13 +68,18 @@ jax.monitoring.register_event_duration_secs_listener(
 
 
 def timed_call(fn, *args):
-  """AOT-compiles jit(fn) for args, then runs it once -> (output, run s, compile s)."""
+  """AOT-compiles jit(fn) for args, then runs it twice -> (output, s of the second call,
+  compile s, s of the first call). The second call is what each step of a run after its first
+  pays; the first one also pays whatever a process pays once."""
   t0 = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
   compile_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  out = jax.block_until_ready(compiled(*args))
-  return out, time.perf_counter() - t0, compile_s
+  seconds = []
+  for _ in range(2):
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    seconds.append(time.perf_counter() - t0)
+  return out, seconds[1], compile_s, seconds[0]
 
 
 def flops(cfg, rows: int, tokens: int, context: int, head_rows: int) -> float:
@@ -121,18 +128,18 @@ def phases_at(setup, rollout, state, frozen, batch, tx, rates) -> dict:
   out = dict(load_before=load())
 
   # Teacher: prefill (a one-token budget), then the rest.
-  _, pre_s, pre_c = timed_call(phases_one.write, state.params, batch, rng)
-  instruction, s, c = timed_call(phases.write, state.params, batch, rng)
+  _, pre_s, pre_c, _ = timed_call(phases_one.write, state.params, batch, rng)
+  instruction, s, c, _ = timed_call(phases.write, state.params, batch, rng)
   out["teacher_prefill"] = phase_entry(pre_s, pre_c, flops(tcfg, b, pt, pt, b), prefill_rate)
   out["teacher_decode"] = phase_entry(s - pre_s, c, decode_flops(tcfg, rows, n, pt),
                                       decode_rate)
 
-  (ids, mask), s, c = timed_call(phases.hand_over, instruction)
+  (ids, mask), s, c, _ = timed_call(phases.hand_over, instruction)
   out["hand_over"] = dict(seconds=round(s, 3), compile_s=round(c, 1))
 
   # Student: prefill (a one-token budget), then the decode.
-  _, pre_s, pre_c = timed_call(phases_one.answer, frozen, batch, ids, mask)
-  answer, s, c = timed_call(phases.answer, frozen, batch, ids, mask)
+  _, pre_s, pre_c, _ = timed_call(phases_one.answer, frozen, batch, ids, mask)
+  answer, s, c, _ = timed_call(phases.answer, frozen, batch, ids, mask)
   lengths = np.asarray(answer.mask).sum(1)
   prefix = longest(batch, "student_prefix") if "student_prefix" in batch else 0
   rest = int(np.asarray(mask).sum(1).max()) + longest(batch, "student_suffix") + 2  # + sep
@@ -151,14 +158,15 @@ def phases_at(setup, rollout, state, frozen, batch, tx, rates) -> dict:
       row_steps_per_answer_token=round(int(row_steps) / max(1, int(lengths.sum())), 2),
       answers_at_budget=int(np.sum(lengths >= rollout.answer_len)))
 
-  reward, s, c = timed_call(phases.reward, frozen, batch, answer)
+  reward, s, c, _ = timed_call(phases.reward, frozen, batch, answer)
   out["reward"] = dict(seconds=round(s, 3), compile_s=round(c, 1),
                        mean=round(float(np.mean(reward)), 3))
 
   score_flops = flops(tcfg, b, pt, pt, 0) + flops(tcfg, rows, n, pt + n, rows * n)
-  (old_logp, old_values, _), s, c = timed_call(phases.policy, state.params, batch, instruction)
+  (old_logp, old_values, _), s, c, _ = timed_call(phases.policy, state.params, batch,
+                                                  instruction)
   out["old_policy"] = phase_entry(s, c, score_flops, prefill_rate)
-  _, s, c = timed_call(phases.reference, frozen, batch, instruction)
+  _, s, c, _ = timed_call(phases.reference, frozen, batch, instruction)
   out["reference"] = phase_entry(s, c, score_flops, prefill_rate)
 
   # The update on stand-in advantages (their values do not change its cost), with the entries
@@ -172,7 +180,7 @@ def phases_at(setup, rollout, state, frozen, batch, tx, rates) -> dict:
       instruction=instruction.tokens, instruction_mask=instruction.mask,
       mask=action_mask, old_logprobs=old_logp, advantages=action_mask * 0.1,
       old_values=old_values, returns=jnp.zeros_like(old_logp))
-  _, s, c = timed_call(phases.update, state.params, state.opt_state, experience, rng)
+  _, s, c, _ = timed_call(phases.update, state.params, state.opt_state, experience, rng)
   # forward + backward: 3x the forward's FLOPs, per epoch over all rows.
   out["ppo_update"] = phase_entry(s, c, 3 * config.ppo.num_epochs * score_flops, prefill_rate)
   out["sum_of_phases_s"] = round(sum(v["seconds"] for v in out.values()
@@ -267,8 +275,9 @@ def main():
       write()
     step = make_train_step(config, rollout, setup.roles, tx, setup.reward_fn)
     before = load()
-    _, seconds, compile_s = timed_call(step, state, frozen, batch)
-    entry["step"] = dict(seconds=round(seconds, 1), compile_s=round(compile_s, 1),
+    _, seconds, compile_s, first_s = timed_call(step, state, frozen, batch)
+    entry["step"] = dict(seconds=round(seconds, 1), first_call_s=round(first_s, 1),
+                         compile_s=round(compile_s, 1),
                          s_per_answer=round(seconds / answers, 3), load_before=before,
                          load_after=load())
     write()

@@ -271,6 +271,27 @@ def test_process_logits_matches_reference(candidates):
       assert (row[np.isinf(row)] < 0).all()
 
 
+def test_top_p_bisection_finds_the_sorted_cutoff_over_any_range_of_logits():
+  """The cutoff found without a sort (`_bisected_cutoff`, top-p's way when the cutoff lies
+  beyond the candidates) is the sorted prefix's last value: logits of both signs, far apart and
+  a few ulps from zero, a flat and a peaked row."""
+  from wst_jax.sampling import _bisected_cutoff
+  rng = np.random.default_rng(1)
+  rows = [rng.normal(size=2000) * 40, rng.normal(size=2000) * 0.01,
+          np.concatenate([rng.normal(size=1998) * 1e-6, [0.0, -0.0]]),
+          np.concatenate([rng.normal(size=1999), [60.0]])]
+  logits = np.stack(rows).astype(np.float32)
+  probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+  # top_p away from multiples of 1/2000, so that no prefix's mass lies within the rounding of
+  # the sums (f32 cumsum against the bisection's masked sums) of top_p in the flat rows.
+  for top_p in (0.0512, 0.4321, 0.9013, 0.9537, 0.9991):
+    got = np.asarray(jax.jit(_bisected_cutoff, static_argnums=2)(logits, probs, top_p))[:, 0]
+    for row, p, cutoff in zip(logits, probs, got):
+      order = np.argsort(-row, kind="stable")
+      count = max(1, int(np.sum(np.cumsum(p[order]) - p[order] < top_p)))
+      assert cutoff == row[order][count - 1], (top_p, cutoff, row[order][count - 1])
+
+
 @pytest.mark.parametrize("kind", ["llama"])
 def test_sampling_respects_filters_and_logprobs(tiny, kind):
   _, _, ours = tiny(kind)
