@@ -82,8 +82,10 @@ def base_config() -> ml_collections.ConfigDict:
   # extra_tasks: more eval sets, each a dict of config overrides ({"task": {...}, "data": {...}}).
   # judge_path: a second reward model (a folder, or "pretrained:judge": built like the reward
   # model from config.judge_model, on its own backbone) that scores every row's answers as text
-  # beside the reward; "" for none.
+  # beside the reward; "" for none. rows: which of rows (a)-(d) the table answers, in order
+  # (row (a), the student alone, always: the others are compared with it); row (e) is there
+  # when teacher_path is set. E.g. "ad": a teacher scored on another student beside it alone.
   c.eval = dict(batch_size=64, bootstrap_samples=1000, teacher_path="", judge_path="",
-                write_table=True,
+                rows="abcd", write_table=True,
                 extra_tasks=[])
   return c

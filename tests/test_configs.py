@@ -59,6 +59,19 @@ def test_config_validates(name, arg):
   validate(load(name, arg))
 
 
+@pytest.mark.usefixtures("task_data")
+@pytest.mark.parametrize("rows, ok", [("abcd", True), ("ad", True), ("a", True), ("da", False),
+                                      ("bd", False), ("abe", False), ("", False)])
+def test_eval_rows_are_letters_of_abcd_in_order_from_a(rows, ok):
+  config = load("gsm8k_cpu")
+  config.eval.rows = rows
+  if ok:
+    validate(config)
+  else:
+    with pytest.raises(ValueError, match=r"^config\.eval\.rows=.* starting with 'a'"):
+      validate(config)
+
+
 @pytest.mark.parametrize("name", [n for n in RUN_CONFIGS if n.endswith("_cpu")])
 def test_cpu_configs_without_task_data(name, no_task_data):  # noqa: F811 (the fixture)
   config = load(name)  # builds: the data it misses is named by reference

@@ -233,10 +233,16 @@ def test_eval_table_with_the_api_student_and_its_journal(world, run_a, tmp_path)
     shutil.rmtree(tmp_path / "eval" / "answers")
     again = evaluate(config, tmp_path, teacher_workdir=run_a)
     assert proxy.count("/v1/chat/completions") == asked
+    # eval.rows "ad": the transfer row beside the student alone, from the rows' records.
+    config.eval.rows = "ad"
+    two = evaluate(config, tmp_path, teacher_workdir=run_a)["tables"][0]
+    assert proxy.count("/v1/chat/completions") == asked
   rows_again = again["tables"][0]["rows"]
   assert [r["mean"] for r in rows_again] == [r["mean"] for r in rows]
   assert all(r["student_requests"]["asked"] == 0 for r in rows_again)
   assert sum(r["student_requests"]["journal_hits"] for r in rows_again) == 4 * 8
+  assert [r["mean"] for r in two["rows"]] == [rows[0]["mean"], rows[3]["mean"]]
+  assert list(two["paired"]) == [f"{rows[3]['source']} vs (a) student alone"]
 
 
 def test_served_answers_match_ours_in_jax_at_f32(world):
@@ -359,6 +365,8 @@ def test_plan_counts_the_requests_and_no_student_memory(world, capsys):
   assert r["per_step"] == 8 and r["training"] == 8 * 3 and r["evaluation"] == 4 * 8
   assert r["max_completion_tokens"] == (24 + 32) * config.rollout.answer_len
   assert "requests a step" in plan.format_plan(made)
+  config.eval.rows = "ad"
+  assert plan.make_plan(config, 1, 16.0).student_requests["evaluation"] == 2 * 8
 
 
 def test_a_reward_model_scores_the_api_students_text(world, tmp_path):

@@ -80,6 +80,11 @@ def validate(config) -> None:
   if config.reward.kind == "verifier" and config.task.name == "hh_rlhf":
     raise ConfigError("config.reward.kind='verifier' has no gold answers for task hh_rlhf; "
                       "use reward.kind='reward_model'.")
+  rows = _get(config, "eval.rows")
+  if not rows.startswith("a") or rows != "".join(sorted(set(rows) & set("abcd"))):
+    raise ConfigError(f"config.eval.rows={rows!r} must be letters of 'abcd' in order, starting "
+                      "with 'a' (the student alone, which every row is compared with), e.g. 'ad'; "
+                      "row (e) is set by config.eval.teacher_path.")
   if config.student.backend == "openai":
     _check_api_student(config)
   elif config.student.base_url or config.student.model:

@@ -3,6 +3,7 @@ r"""Evaluation: the paper's table. The student answers held-out questions with
   (a) no instruction, (b) a fixed human instruction, (c) the untrained teacher's instruction,
   (d) the trained teacher's instruction (latest checkpoint in the workdir), and optionally
   (e) a larger teacher (config.eval.teacher_path: a model reference, as the teacher's);
+  config.eval.rows chooses among (a)-(d) (e.g. "ad" for a transfer row beside the student alone);
 
 reports accuracy (or reward-model score) with a 95% bootstrap interval and the relative
 improvement over (a), as Markdown, JSON and CSV (rendered and written by `wst_jax.report`). The
@@ -438,16 +439,19 @@ def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
   setup = setup or Setup(config, training=False, workdir=workdir)
   teacher_workdir = Path(teacher_workdir or workdir).resolve()
   # arrays: None until each eval set's step inputs are filled in below.
+  rows = config.eval.rows
   sources = [TableSource("(a) student alone", "none", (None, None), "", setup, None),
              TableSource("(b) human instruction", "fixed", (None, None), "", setup, None),
              TableSource("(c) untrained teacher", "teacher", (None, setup.teacher_params), "",
                          setup, None)]
-  trained, step, stamp = trained_teacher_params(setup, teacher_workdir)
+  sources = [s for s in sources if s.name[1] in rows]
+  trained, step, stamp = (trained_teacher_params(setup, teacher_workdir) if "d" in rows
+                          else (None, None, None))
   if trained is not None:
     origin = "" if teacher_workdir == workdir.resolve() else f", trained in {teacher_workdir}"
     sources.append(TableSource(f"(d) WST teacher (step {step}{origin})", "teacher",
                                (None, trained), stamp, setup, None))
-  else:
+  elif "d" in rows:
     logging.warning("no checkpoint in %s: row (d) is left out", teacher_workdir)
   others = []   # rows with a teacher of their own
   if config.eval.teacher_path:

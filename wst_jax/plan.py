@@ -362,12 +362,12 @@ def make_plan(config, devices: int | None = None, device_memory_gib: float | Non
 
 def student_requests(config, rows: int, prompt_tokens: int) -> dict:
   """What a run asks of a student behind an API, at most (the journal answers repeats):
-  requests and tokens of training (rows a step) and of the evaluation table (rows (a)-(d), and
+  requests and tokens of training (rows a step) and of the evaluation table (eval.rows, and
   (e), on eval_size questions). prompt_tokens: the config's bound of one student prompt
   (data.student_prefix_len + instruction + data.student_suffix_len), an estimate of what the
   server counts (its chat template adds a few)."""
   steps, answer = config.train.num_steps, config.rollout.answer_len
-  eval_rows = (5 if config.eval.teacher_path else 4) * config.task.eval_size
+  eval_rows = (len(config.eval.rows) + bool(config.eval.teacher_path)) * config.task.eval_size
   out = dict(per_step=rows, training=rows * steps, evaluation=eval_rows,
              baseline_per_question=int(config.reward.baseline == "student"))
   total = out["training"] + eval_rows
