@@ -236,8 +236,15 @@ class ApiStudent:
     if progress is not None:
       progress.update(len(conversations) - len(todo))
     if todo:
+      def ask_one(messages):
+        try:
+          self._ask(messages, counts, stop)
+        except BaseException:
+          stop.set()   # here, before this worker takes the next request: none more is sent
+          raise
+
       pool = concurrent.futures.ThreadPoolExecutor(self.endpoint.max_concurrency)
-      futures = [pool.submit(self._ask, messages, counts, stop) for messages in todo.values()]
+      futures = [pool.submit(ask_one, messages) for messages in todo.values()]
       try:
         for future in concurrent.futures.as_completed(futures):
           future.result()
