@@ -39,6 +39,7 @@ ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))   # serving.py: start and stop `transformers serve`
 import serving  # noqa: E402
+from answer_rate import load  # noqa: E402 (the load average, as every benchmark records it)
 from ml_collections import ConfigDict  # noqa: E402
 
 from wst_jax import checkpoints, rewards, zoo  # noqa: E402
@@ -50,10 +51,6 @@ from wst_jax.student_api import ApiStudent, Endpoint  # noqa: E402
 
 STUDENT = "qwen2.5-coder-0.5b-instruct"
 PROMPT = ConfigDict(dict(batches.PLACEMENTS["user_after"], dialogue=False))  # a question, not turns
-
-
-def load() -> list[float]:
-  return [round(x, 2) for x in os.getloadavg()]
 
 
 def scored(texts: list[str], gold: list[str], reference: list[str] | None) -> dict:

@@ -10,14 +10,14 @@ For each budget:
     timed alone) and the seconds of its second call, per student answer: what each step of a
     run pays after its first (the first call, recorded beside it as first_call_s, also pays
     whatever a process pays once; labels before "after-top-p" timed that one call alone);
-  * at the budgets of --phases-at, each phase of `step.Phases` jitted and timed alone (its
-    second call, as the step), in the step's order on the step's own intermediate values: the teacher writing (its prefill timed
-    as the same phase with a one-token budget; decode = the rest), the hand-over to the student's
-    tokenizer, the student's answers (prefill the same way; with the decode row-steps run
-    against the sum of the answer lengths), the reward, the old policy, the reference and the
-    PPO update. Each with its FLOPs (matmuls, LM head and attention of the shapes it runs;
-    `flops` below) and its compute floor: those FLOPs at the bf16 rate with f32 accumulation
-    measured in this run on each model's own MLP matmuls at the phase's rows;
+  * at the budgets of --phases-at, each phase of `step.Phases` jitted and timed alone (its second
+    call, as the step), in the step's order on the step's own intermediate values: the teacher
+    writing (its prefill timed as the same phase with a one-token budget; decode = the rest), the
+    hand-over to the student's tokenizer, the student's answers (prefill the same way; with the
+    decode row-steps run against the sum of the answer lengths), the reward, the old policy, the
+    reference and the PPO update. Each with its FLOPs (matmuls, LM head and attention of the shapes
+    it runs; `flops` below) and its compute floor: those FLOPs at the bf16 rate with f32
+    accumulation measured in this run on each model's own MLP matmuls at the phase's rows;
   * the evaluation's rate beside it: `generate_queued` (config.eval.batch_size slots, bf16) on
     the first --questions training questions with no instruction, seconds per answer with its
     compile time left out.

@@ -440,19 +440,20 @@ def evaluate(config, workdir, setup=None, teacher_workdir=None) -> dict:
   teacher_workdir = Path(teacher_workdir or workdir).resolve()
   # arrays: None until each eval set's step inputs are filled in below.
   rows = config.eval.rows
-  sources = [TableSource("(a) student alone", "none", (None, None), "", setup, None),
-             TableSource("(b) human instruction", "fixed", (None, None), "", setup, None),
-             TableSource("(c) untrained teacher", "teacher", (None, setup.teacher_params), "",
-                         setup, None)]
-  sources = [s for s in sources if s.name[1] in rows]
-  trained, step, stamp = (trained_teacher_params(setup, teacher_workdir) if "d" in rows
-                          else (None, None, None))
-  if trained is not None:
-    origin = "" if teacher_workdir == workdir.resolve() else f", trained in {teacher_workdir}"
-    sources.append(TableSource(f"(d) WST teacher (step {step}{origin})", "teacher",
-                               (None, trained), stamp, setup, None))
-  elif "d" in rows:
-    logging.warning("no checkpoint in %s: row (d) is left out", teacher_workdir)
+  fixed_rows = {
+      "a": TableSource("(a) student alone", "none", (None, None), "", setup, None),
+      "b": TableSource("(b) human instruction", "fixed", (None, None), "", setup, None),
+      "c": TableSource("(c) untrained teacher", "teacher", (None, setup.teacher_params), "",
+                       setup, None)}
+  sources = [fixed_rows[r] for r in rows if r in fixed_rows]
+  if "d" in rows:
+    trained, step, stamp = trained_teacher_params(setup, teacher_workdir)
+    if trained is None:
+      logging.warning("no checkpoint in %s: row (d) is left out", teacher_workdir)
+    else:
+      origin = "" if teacher_workdir == workdir.resolve() else f", trained in {teacher_workdir}"
+      sources.append(TableSource(f"(d) WST teacher (step {step}{origin})", "teacher",
+                                 (None, trained), stamp, setup, None))
   others = []   # rows with a teacher of their own
   if config.eval.teacher_path:
     other = teacher_setup(config, setup)
